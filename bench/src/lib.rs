@@ -1,0 +1,1 @@
+//! mediagw benchmarks live in `benches/`; see PERFORMANCE.md.
