@@ -11,13 +11,32 @@ use crate::units::ClockRate;
 use crate::{g711, l16};
 
 /// An audio codec on an RTP stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+///
+/// In JSON (the control protocol) it is `"PCMU"`, `"PCMA"` or `"slin16"`;
+/// deserializing also accepts the [`FromStr`] aliases (`ulaw`, `alaw`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Codec {
     /// G.711 mu-law, 8 kHz, static payload type 0.
+    #[serde(
+        rename = "PCMU",
+        alias = "pcmu",
+        alias = "ulaw",
+        alias = "mulaw",
+        alias = "g711u"
+    )]
     Pcmu,
     /// G.711 A-law, 8 kHz, static payload type 8.
+    #[serde(rename = "PCMA", alias = "pcma", alias = "alaw", alias = "g711a")]
     Pcma,
     /// 16-bit linear PCM, big-endian (network order), 16 kHz.
+    #[serde(
+        rename = "slin16",
+        alias = "SLIN16",
+        alias = "l16",
+        alias = "L16",
+        alias = "l16/16000",
+        alias = "L16/16000"
+    )]
     Slin16,
 }
 

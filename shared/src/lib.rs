@@ -6,6 +6,9 @@
 #![forbid(unsafe_code)]
 
 pub mod codec;
+pub mod control;
 pub mod g711;
+pub mod ids;
 pub mod l16;
+pub mod media;
 pub mod units;
