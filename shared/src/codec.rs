@@ -116,7 +116,11 @@ pub struct UnknownCodec(pub String);
 
 impl fmt::Display for UnknownCodec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "unknown codec {:?} (expected PCMU, PCMA or slin16)", self.0)
+        write!(
+            f,
+            "unknown codec {:?} (expected PCMU, PCMA or slin16)",
+            self.0
+        )
     }
 }
 

@@ -24,6 +24,10 @@
 //! should not pass silently); clients are lenient (unknown fields, error
 //! codes and events from a newer server are tolerated).
 //!
+//! Encoding is canonical: fields in declaration order, optional fields left
+//! out when absent or at their default, so `encode(parse(line)) == line` for
+//! every line the encoders produce (the documentation's examples included).
+//!
 //! [`wants`]: Subscribe::wants
 
 use std::fmt;
@@ -39,9 +43,13 @@ use crate::ids::{EndpointId, SessionId, TenantId};
 /// The protocol version this crate speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
 
-/// A sensible [`LineFramer`] limit: far above the largest message (an
-/// `endpoint.list` of a busy host aside, which is why it is not smaller).
+/// The [`LineFramer`] limit a server puts on request lines: requests are
+/// small, 1 MiB leaves room for anything sane.
 pub const DEFAULT_MAX_LINE: usize = 1024 * 1024;
+
+/// The [`LineFramer`] limit a client should put on server lines: an
+/// `endpoint.list` takes about 250 bytes per endpoint.
+pub const DEFAULT_MAX_SERVER_LINE: usize = 64 * 1024 * 1024;
 
 /// The packetization time when `endpoint.create` does not say.
 pub const DEFAULT_PTIME_MS: u16 = 20;
@@ -774,13 +782,9 @@ pub fn parse_request(line: &[u8]) -> Result<Request, ProtocolError> {
         ));
     };
     let id = match fields.remove("id") {
-        Some(Value::Number(n)) if n.is_u64() => n.as_u64().unwrap_or_default(),
-        Some(other) => {
-            return Err(ProtocolError::bad_request(
-                None,
-                format!("`id` must be an unsigned integer, got {other}"),
-            ));
-        }
+        Some(id) => id.as_u64().ok_or_else(|| {
+            ProtocolError::bad_request(None, format!("`id` must be an unsigned integer, got {id}"))
+        })?,
         None => return Err(ProtocolError::bad_request(None, "missing field `id`")),
     };
     let name = match fields.remove("op") {
@@ -1164,7 +1168,7 @@ impl TryFrom<RawEndpointCreate> for EndpointCreate {
         }
         if let Some(ptime) = raw
             .ptime_ms
-            .filter(|&p| !(10..=60).contains(&p) || p % 10 != 0)
+            .filter(|&p| !(10..=60).contains(&p) || !p.is_multiple_of(10))
         {
             return Err(format!(
                 "ptime_ms must be a multiple of 10 from 10 to 60, got {ptime}"

@@ -649,7 +649,10 @@ impl<'a> Samples<'a> {
 
     /// Samples as little-endian byte pairs; `None` for an odd length.
     pub fn from_le_bytes(bytes: &'a [u8]) -> Option<Self> {
-        (bytes.len() % 2 == 0).then_some(Self(SamplesRepr::Le(bytes)))
+        bytes
+            .len()
+            .is_multiple_of(2)
+            .then_some(Self(SamplesRepr::Le(bytes)))
     }
 
     /// The number of samples.
