@@ -33,7 +33,7 @@ pub enum EngineChoice {
 }
 
 /// The whole configuration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Threads, sockets and engine.
@@ -114,17 +114,6 @@ pub struct JitterSection {
     pub max_ms: u32,
     /// Audio the buffer can hold, ms (fixed memory).
     pub capacity_ms: u32,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            dataplane: DataplaneSection::default(),
-            ports: PortsSection::default(),
-            endpoint: EndpointSection::default(),
-            jitter: JitterSection::default(),
-        }
-    }
 }
 
 impl Default for DataplaneSection {
@@ -258,8 +247,9 @@ impl Config {
     /// Worker count after resolving 0 to cores - 1.
     pub fn worker_count(&self) -> usize {
         match self.dataplane.workers {
-            0 => std::thread::available_parallelism()
-                .map_or(1, |n| n.get().saturating_sub(1).max(1)),
+            0 => {
+                std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
+            }
             n => n,
         }
     }

@@ -17,9 +17,9 @@ use crossbeam_queue::ArrayQueue;
 use mediagw_shared::codec::Codec;
 use mediagw_shared::control::{
     self, Done, EndpointCreate, EndpointCreated, EndpointListing, EndpointState, EndpointStats,
-    EndpointSummary, ErrorBody, ErrorCode, Event, EventKind, Handshake, HelloReply,
-    JitterBufferStats, LineFramer, Op, PROTOCOL_VERSION, Request, RxStats, ServerStatus,
-    TapStats, TxStats, WorkerStatus,
+    EndpointSummary, ErrorBody, ErrorCode, Event, Handshake, HelloReply, JitterBufferStats,
+    LineFramer, Op, PROTOCOL_VERSION, Request, RxStats, ServerStatus, TapStats, TxStats,
+    WorkerStatus,
 };
 use mediagw_shared::ids::{EndpointId, SessionId, TenantId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -28,7 +28,9 @@ use tokio::sync::{Notify, broadcast, oneshot};
 use tracing::{info, warn};
 
 use crate::config::{Config, EngineChoice};
-use crate::endpoint::{Endpoint, EndpointEvent, EndpointShared, EndpointSnapshot, EndpointSpec, RxState};
+use crate::endpoint::{
+    Endpoint, EndpointEvent, EndpointShared, EndpointSnapshot, EndpointSpec, RxState,
+};
 use crate::jitter::JitterBuffer;
 use crate::metrics::{self, WorkerInfo};
 use crate::net::{EngineConfig, EngineKind, bind_udp, monotonic_now};
@@ -184,11 +186,7 @@ impl Dataplane {
             events,
             shutdown: Notify::new(),
             exit_when_empty: AtomicBool::new(false),
-            files: vec![
-                d.control_socket.clone(),
-                d.media_socket.clone(),
-                lock_path,
-            ],
+            files: vec![d.control_socket.clone(), d.media_socket.clone(), lock_path],
             _lock: lock,
             cfg,
         });
@@ -205,7 +203,10 @@ impl Dataplane {
         } else {
             let addr = &self.cfg.dataplane.metrics_addr;
             let l = TcpListener::bind(addr).await.map_err(|e| {
-                io::Error::new(e.kind(), format!("cannot listen for metrics on {addr}: {e}"))
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot listen for metrics on {addr}: {e}"),
+                )
             })?;
             info!(addr = %l.local_addr()?, "metrics listening");
             Some(l)
@@ -239,7 +240,11 @@ impl Dataplane {
 
     async fn stop(&self) {
         self.draining.store(true, Ordering::Relaxed);
-        let ids: Vec<EndpointId> = lock_poisoned(&self.inner).endpoints.keys().copied().collect();
+        let ids: Vec<EndpointId> = lock_poisoned(&self.inner)
+            .endpoints
+            .keys()
+            .copied()
+            .collect();
         for id in ids {
             match self.destroy(id).await {
                 Ok(stats) => info!(
@@ -266,7 +271,11 @@ impl Dataplane {
         for f in &self.files {
             let _ = std::fs::remove_file(f);
         }
-        info!(datagrams = totals.0, kernel_drops = totals.1, "dataplane stopped");
+        info!(
+            datagrams = totals.0,
+            kernel_drops = totals.1,
+            "dataplane stopped"
+        );
     }
 
     async fn serve_control(self: Arc<Self>, stream: UnixStream) {
@@ -308,7 +317,7 @@ impl Dataplane {
                 },
                 ev = event => match ev {
                     Ok(ev) => {
-                        let wanted = events.as_ref().is_some_and(|(_, filter)| wants(filter, &ev));
+                        let wanted = events.as_ref().is_some_and(|(_, filter)| filter.wants(&ev));
                         if wanted && wr.write_all(control::encode_event(&ev).as_bytes()).await.is_err() {
                             return;
                         }
@@ -395,7 +404,10 @@ impl Dataplane {
 
     async fn create(&self, c: EndpointCreate) -> OpResult<EndpointCreated> {
         if self.draining.load(Ordering::Relaxed) {
-            return Err(err(ErrorCode::Draining, "the dataplane is draining: no new endpoints"));
+            return Err(err(
+                ErrorCode::Draining,
+                "the dataplane is draining: no new endpoints",
+            ));
         }
         let cfg = &self.cfg;
         let bind_ip: IpAddr = c.bind_ip.unwrap_or(cfg.dataplane.bind_ip);
@@ -421,10 +433,13 @@ impl Dataplane {
             let now = monotonic_now();
             let mut tries = 0;
             let (rtp, rtcp, port) = loop {
-                let port = inner.ports.allocate(c.tenant.as_str(), now).map_err(|e| match e {
-                    PortError::NoRange => err(ErrorCode::TenantUnknown, e.to_string()),
-                    PortError::Exhausted { .. } => err(ErrorCode::PortExhausted, e.to_string()),
-                })?;
+                let port = inner
+                    .ports
+                    .allocate(c.tenant.as_str(), now)
+                    .map_err(|e| match e {
+                        PortError::NoRange => err(ErrorCode::TenantUnknown, e.to_string()),
+                        PortError::Exhausted { .. } => err(ErrorCode::PortExhausted, e.to_string()),
+                    })?;
                 let rtp = bind_udp(SocketAddr::new(bind_ip, port), cfg.dataplane.rcvbuf_bytes);
                 let rtcp = if c.rtcp {
                     Some(bind_udp(SocketAddr::new(bind_ip, port + 1), 64 * 1024))
@@ -438,7 +453,11 @@ impl Dataplane {
                         inner.ports.mark_busy(c.tenant.as_str(), port, now);
                         tries += 1;
                         if tries >= 16 {
-                            let e = a.err().or(b.err()).map(|e| e.to_string()).unwrap_or_default();
+                            let e = a
+                                .err()
+                                .or(b.err())
+                                .map(|e| e.to_string())
+                                .unwrap_or_default();
                             return Err(err(
                                 ErrorCode::PortExhausted,
                                 format!("16 ports in a row would not bind on {bind_ip}: {e}"),
@@ -458,7 +477,9 @@ impl Dataplane {
                 .unwrap_or(0);
             (id, tenant_index, worker, rtp, rtcp, port)
         };
-        let local_addr = rtp.local_addr().map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
+        let local_addr = rtp
+            .local_addr()
+            .map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
         let shared = Arc::new(EndpointShared::default());
         let (tap_tx, tap_rx) = frame_ring(cfg.endpoint.tap_ring_frames);
         let (play_tx, play_rx) = frame_ring(cfg.endpoint.play_ring_frames);
@@ -473,13 +494,15 @@ impl Dataplane {
             tx_first_seq: mix(id.0) as u16,
         };
         let endpoint = Endpoint::new(spec, shared.clone(), jb, tap_tx, play_rx);
-        let _ = self.tap_commands.push(TapCommand::Add(Box::new(TapEndpoint {
-            id,
-            frames: tap_rx,
-            play: play_tx,
-            shared,
-            rate,
-        })));
+        let _ = self
+            .tap_commands
+            .push(TapCommand::Add(Box::new(TapEndpoint {
+                id,
+                frames: tap_rx,
+                play: play_tx,
+                shared,
+                rate,
+            })));
         let (tx, rx) = oneshot::channel();
         let placed = Placement {
             id,
@@ -491,18 +514,25 @@ impl Dataplane {
         let sent = self.workers[worker].send(Command::Add(Box::new(placed), tx));
         let result = match sent {
             Err(_) => Err("worker command queue full".to_owned()),
-            Ok(()) => rx.await.unwrap_or_else(|_| Err("worker stopped".to_owned())),
+            Ok(()) => rx
+                .await
+                .unwrap_or_else(|_| Err("worker stopped".to_owned())),
         };
         if let Err(e) = result {
             let _ = self.tap_commands.push(TapCommand::Remove(id));
-            lock_poisoned(&self.inner).ports.release(c.tenant.as_str(), port, monotonic_now());
+            lock_poisoned(&self.inner)
+                .ports
+                .release(c.tenant.as_str(), port, monotonic_now());
             return Err(ErrorBody {
                 retryable: true,
                 ..err(ErrorCode::Internal, e)
             });
         }
         let rtcp_port = c.rtcp.then_some(port + 1);
-        let advertised = SocketAddr::new(cfg.dataplane.advertise_ip.unwrap_or(bind_ip), local_addr.port());
+        let advertised = SocketAddr::new(
+            cfg.dataplane.advertise_ip.unwrap_or(bind_ip),
+            local_addr.port(),
+        );
         lock_poisoned(&self.inner).endpoints.insert(
             id,
             Entry {
@@ -524,7 +554,11 @@ impl Dataplane {
         })
     }
 
-    async fn snapshot(&self, id: EndpointId, remove: bool) -> OpResult<(EndpointSnapshot, EndpointStats)> {
+    async fn snapshot(
+        &self,
+        id: EndpointId,
+        remove: bool,
+    ) -> OpResult<(EndpointSnapshot, EndpointStats)> {
         let worker = lock_poisoned(&self.inner)
             .endpoints
             .get(&id)
@@ -536,9 +570,10 @@ impl Dataplane {
         } else {
             Command::Snapshot(id, tx)
         };
-        self.workers[worker]
-            .send(cmd)
-            .map_err(|_| ErrorBody { retryable: true, ..err(ErrorCode::Internal, "worker command queue full") })?;
+        self.workers[worker].send(cmd).map_err(|_| ErrorBody {
+            retryable: true,
+            ..err(ErrorCode::Internal, "worker command queue full")
+        })?;
         let snap = rx
             .await
             .ok()
@@ -563,7 +598,9 @@ impl Dataplane {
             let mut inner = lock_poisoned(&self.inner);
             if let Some(e) = inner.endpoints.remove(&id) {
                 let port = e.local_addr.port();
-                inner.ports.release(e.tenant.as_str(), port, monotonic_now());
+                inner
+                    .ports
+                    .release(e.tenant.as_str(), port, monotonic_now());
             }
             inner.endpoints.is_empty()
         };
@@ -627,7 +664,9 @@ impl Dataplane {
                 loop_overruns: w.metrics.overruns.load(Ordering::Relaxed),
             })
             .collect();
-        let sum = |f: fn(&metrics::WorkerMetrics) -> &std::sync::atomic::AtomicU64| worker::total(&self.workers, f);
+        let sum = |f: fn(&metrics::WorkerMetrics) -> &std::sync::atomic::AtomicU64| {
+            worker::total(&self.workers, f)
+        };
         ServerStatus {
             version: PROTOCOL_VERSION,
             uptime_s: uptime.as_secs(),
@@ -648,7 +687,10 @@ impl Dataplane {
         loop {
             tick.tick().await;
             while let Some(ev) = self.worker_events.pop() {
-                let tenant = lock_poisoned(&self.inner).endpoints.get(&ev.endpoint).map(|e| e.tenant.clone());
+                let tenant = lock_poisoned(&self.inner)
+                    .endpoints
+                    .get(&ev.endpoint)
+                    .map(|e| e.tenant.clone());
                 let Some(tenant) = tenant else { continue };
                 let at_ms = unix_ms(ev.at);
                 let event = match ev.event {
@@ -659,33 +701,39 @@ impl Dataplane {
                         peer,
                         previous: None,
                     }),
-                    EndpointEvent::Relatched { from, to } => Event::Latched(control::LatchedEvent {
-                        endpoint: ev.endpoint,
-                        tenant,
-                        at_ms,
-                        peer: to,
-                        previous: Some(from),
-                    }),
-                    EndpointEvent::Receiving { peer, ssrc } => Event::Receiving(control::ReceivingEvent {
-                        endpoint: ev.endpoint,
-                        tenant,
-                        at_ms,
-                        peer,
-                        ssrc: ssrc.0,
-                    }),
+                    EndpointEvent::Relatched { from, to } => {
+                        Event::Latched(control::LatchedEvent {
+                            endpoint: ev.endpoint,
+                            tenant,
+                            at_ms,
+                            peer: to,
+                            previous: Some(from),
+                        })
+                    }
+                    EndpointEvent::Receiving { peer, ssrc } => {
+                        Event::Receiving(control::ReceivingEvent {
+                            endpoint: ev.endpoint,
+                            tenant,
+                            at_ms,
+                            peer,
+                            ssrc: ssrc.0,
+                        })
+                    }
                     EndpointEvent::Silent { last_packet } => Event::Silent(control::SilentEvent {
                         endpoint: ev.endpoint,
                         tenant,
                         at_ms,
                         last_packet_at_ms: unix_ms(last_packet),
                     }),
-                    EndpointEvent::SsrcChanged { from, to } => Event::SsrcChanged(control::SsrcChangedEvent {
-                        endpoint: ev.endpoint,
-                        tenant,
-                        at_ms,
-                        old_ssrc: from.0,
-                        new_ssrc: to.0,
-                    }),
+                    EndpointEvent::SsrcChanged { from, to } => {
+                        Event::SsrcChanged(control::SsrcChangedEvent {
+                            endpoint: ev.endpoint,
+                            tenant,
+                            at_ms,
+                            old_ssrc: from.0,
+                            new_ssrc: to.0,
+                        })
+                    }
                 };
                 let _ = self.events.send(event);
             }
@@ -715,13 +763,26 @@ impl Dataplane {
                     return;
                 }
                 let line = req.split(|b| *b == b'\r').next().unwrap_or_default();
-                let (status, ctype, body) = if line.starts_with(b"GET /metrics ") || line.starts_with(b"GET /metrics?") {
-                    ("200 OK", "text/plain; version=0.0.4; charset=utf-8", dp.render_metrics())
-                } else if line.starts_with(b"GET / ") {
-                    ("200 OK", "text/plain; charset=utf-8", "mediagw-dataplane: see /metrics\n".to_owned())
-                } else {
-                    ("404 Not Found", "text/plain; charset=utf-8", "not found: try /metrics\n".to_owned())
-                };
+                let (status, ctype, body) =
+                    if line.starts_with(b"GET /metrics ") || line.starts_with(b"GET /metrics?") {
+                        (
+                            "200 OK",
+                            "text/plain; version=0.0.4; charset=utf-8",
+                            dp.render_metrics(),
+                        )
+                    } else if line.starts_with(b"GET / ") {
+                        (
+                            "200 OK",
+                            "text/plain; charset=utf-8",
+                            "mediagw-dataplane: see /metrics\n".to_owned(),
+                        )
+                    } else {
+                        (
+                            "404 Not Found",
+                            "text/plain; charset=utf-8",
+                            "not found: try /metrics\n".to_owned(),
+                        )
+                    };
                 let head = format!(
                     "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                     body.len()
@@ -750,29 +811,6 @@ impl Dataplane {
             .collect();
         metrics::render(&tenants, &infos, self.draining.load(Ordering::Relaxed))
     }
-}
-
-fn wants(filter: &control::Subscribe, ev: &Event) -> bool {
-    let kind = match ev {
-        Event::Receiving(_) => EventKind::Receiving,
-        Event::Latched(_) => EventKind::Latched,
-        Event::Silent(_) => EventKind::Silent,
-        Event::SsrcChanged(_) => EventKind::SsrcChanged,
-        Event::Destroyed(_) => EventKind::Destroyed,
-        Event::Draining(_) => return true,
-    };
-    if filter.events.as_ref().is_some_and(|k| !k.contains(&kind)) {
-        return false;
-    }
-    let tenant = match ev {
-        Event::Receiving(e) => &e.tenant,
-        Event::Latched(e) => &e.tenant,
-        Event::Silent(e) => &e.tenant,
-        Event::SsrcChanged(e) => &e.tenant,
-        Event::Destroyed(e) => &e.tenant,
-        Event::Draining(_) => return true,
-    };
-    filter.tenant.as_ref().is_none_or(|t| t == tenant)
 }
 
 fn stats_of(id: EndpointId, e: &Entry, s: &EndpointSnapshot) -> EndpointStats {
@@ -857,9 +895,17 @@ fn lock_path(control: &Path) -> PathBuf {
 
 /// Takes the instance lock next to the control socket, or says who has it.
 fn claim(path: &Path) -> io::Result<File> {
-    let f = File::options().create(true).truncate(false).write(true).open(path).map_err(|e| {
-        io::Error::new(e.kind(), format!("cannot open lock file {}: {e}", path.display()))
-    })?;
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot open lock file {}: {e}", path.display()),
+            )
+        })?;
     if f.try_lock().is_err() {
         return Err(io::Error::new(
             io::ErrorKind::AddrInUse,

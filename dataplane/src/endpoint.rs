@@ -307,14 +307,20 @@ impl Endpoint {
                     return (None, Some(Drop::ForeignSource));
                 }
                 self.peer = Some(src);
-                event = Some(EndpointEvent::Relatched { from: peer, to: src });
+                event = Some(EndpointEvent::Relatched {
+                    from: peer,
+                    to: src,
+                });
             }
             Some(_) => {}
         }
         let ssrc = pkt.ssrc();
         match self.ssrc {
             Some(old) if old != ssrc => {
-                event = event.or(Some(EndpointEvent::SsrcChanged { from: old, to: ssrc }));
+                event = event.or(Some(EndpointEvent::SsrcChanged {
+                    from: old,
+                    to: ssrc,
+                }));
             }
             _ => {}
         }
@@ -439,10 +445,10 @@ impl Endpoint {
         };
         let payload_room = out.len().saturating_sub(12);
         let mut payload = [0u8; MAX_FRAME_SAMPLES * 2];
-        let plen = self
-            .spec
-            .codec
-            .encode(samples, &mut payload[..payload_room.min(MAX_FRAME_SAMPLES * 2)]);
+        let plen = self.spec.codec.encode(
+            samples,
+            &mut payload[..payload_room.min(MAX_FRAME_SAMPLES * 2)],
+        );
         let n = rtp::write_rtp(&header, &payload[..plen], out).ok()?;
         self.tx_seq = self.tx_seq.wrapping_add(1);
         self.tx_ts = self.tx_ts.add(samples.len() as u32);

@@ -586,8 +586,8 @@ impl JitterBuffer {
     /// first frame, due at `arrival` plus the target delay. Samples are
     /// placed by timestamp alone; `seq` and `marker` only decide whether a
     /// packet far outside the store re-anchors playout (marker: at once;
-    /// otherwise after [`RESYNC_CONFIRM_PACKETS`] consecutive sequence
-    /// numbers out of range over at least 40 ms).
+    /// otherwise after three consecutive sequence numbers out of range over
+    /// at least 40 ms).
     pub fn handle_packet(
         &mut self,
         ssrc: Ssrc,

@@ -14,7 +14,8 @@ use crate::net::Counters;
 use crate::units::Nanos;
 
 /// Upper bounds (ms) of the per-tenant stream jitter histogram.
-pub const JITTER_BUCKETS_MS: [f64; 10] = [1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 50.0, 100.0, 200.0, 500.0];
+pub const JITTER_BUCKETS_MS: [f64; 10] =
+    [1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 50.0, 100.0, 200.0, 500.0];
 
 /// Upper bounds (µs) of the worker loop time histogram.
 pub const LOOP_BUCKETS_US: [u64; 8] = [50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000];
@@ -198,8 +199,19 @@ impl WorkerMetrics {
 }
 
 fn bump(a: &AtomicU64, by: u64) {
-    a.store(a.load(Ordering::Relaxed).wrapping_add(by), Ordering::Relaxed);
+    a.store(
+        a.load(Ordering::Relaxed).wrapping_add(by),
+        Ordering::Relaxed,
+    );
 }
+
+/// One series of the exposition: name, type, help and the atomic it reads.
+type Series<T> = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&T) -> &AtomicU64,
+);
 
 /// What the exposition needs about each worker.
 #[derive(Debug, Clone, Copy)]
@@ -217,18 +229,73 @@ pub fn render(tenants: &[String], workers: &[WorkerInfo<'_>], draining: bool) ->
     let mut out = String::with_capacity(8192);
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
 
-    let tenant_counters: [(&str, &str, &str, fn(&TenantAtomics) -> &AtomicU64); 11] = [
-        ("mediagw_endpoints_active", "gauge", "Endpoints live.", |t| &t.active),
-        ("mediagw_rtp_packets_total", "counter", "RTP packets received.", |t| &t.packets),
-        ("mediagw_rtp_bytes_total", "counter", "Datagram bytes received on RTP ports.", |t| &t.bytes),
-        ("mediagw_rtp_lost_total", "counter", "RTP packets lost (RFC 3550 cumulative).", |t| &t.lost),
-        ("mediagw_rtp_late_total", "counter", "RTP packets too late for use.", |t| &t.late),
-        ("mediagw_frames_concealed_total", "counter", "20 ms frames concealed by the jitter buffer.", |t| &t.concealed),
-        ("mediagw_rtp_malformed_total", "counter", "Datagrams that were not valid RTP.", |t| &t.malformed),
-        ("mediagw_rtp_foreign_source_total", "counter", "Datagrams from other than the latched peer.", |t| &t.foreign_source),
-        ("mediagw_rtp_wrong_payload_type_total", "counter", "Datagrams with an unexpected payload type.", |t| &t.wrong_payload_type),
-        ("mediagw_rtcp_packets_total", "counter", "RTCP packets received.", |t| &t.rtcp),
-        ("mediagw_rtp_sent_packets_total", "counter", "RTP packets sent into calls.", |t| &t.tx_packets),
+    let tenant_counters: [Series<TenantAtomics>; 11] = [
+        (
+            "mediagw_endpoints_active",
+            "gauge",
+            "Endpoints live.",
+            |t| &t.active,
+        ),
+        (
+            "mediagw_rtp_packets_total",
+            "counter",
+            "RTP packets received.",
+            |t| &t.packets,
+        ),
+        (
+            "mediagw_rtp_bytes_total",
+            "counter",
+            "Datagram bytes received on RTP ports.",
+            |t| &t.bytes,
+        ),
+        (
+            "mediagw_rtp_lost_total",
+            "counter",
+            "RTP packets lost (RFC 3550 cumulative).",
+            |t| &t.lost,
+        ),
+        (
+            "mediagw_rtp_late_total",
+            "counter",
+            "RTP packets too late for use.",
+            |t| &t.late,
+        ),
+        (
+            "mediagw_frames_concealed_total",
+            "counter",
+            "20 ms frames concealed by the jitter buffer.",
+            |t| &t.concealed,
+        ),
+        (
+            "mediagw_rtp_malformed_total",
+            "counter",
+            "Datagrams that were not valid RTP.",
+            |t| &t.malformed,
+        ),
+        (
+            "mediagw_rtp_foreign_source_total",
+            "counter",
+            "Datagrams from other than the latched peer.",
+            |t| &t.foreign_source,
+        ),
+        (
+            "mediagw_rtp_wrong_payload_type_total",
+            "counter",
+            "Datagrams with an unexpected payload type.",
+            |t| &t.wrong_payload_type,
+        ),
+        (
+            "mediagw_rtcp_packets_total",
+            "counter",
+            "RTCP packets received.",
+            |t| &t.rtcp,
+        ),
+        (
+            "mediagw_rtp_sent_packets_total",
+            "counter",
+            "RTP packets sent into calls.",
+            |t| &t.tx_packets,
+        ),
     ];
     for (name, kind, help, field) in tenant_counters {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -275,17 +342,67 @@ pub fn render(tenants: &[String], workers: &[WorkerInfo<'_>], draining: bool) ->
         let _ = writeln!(out, "{name}_count{{tenant=\"{t}\"}} {count}");
     }
 
-    let worker_series: [(&str, &str, &str, fn(&WorkerMetrics) -> &AtomicU64); 10] = [
-        ("mediagw_worker_endpoints", "gauge", "Endpoints on the worker.", |m| &m.endpoints),
-        ("mediagw_worker_receiving", "gauge", "Endpoints receiving on the worker.", |m| &m.receiving),
-        ("mediagw_worker_loop_overruns_total", "counter", "Loop iterations over budget (4 ticks).", |m| &m.overruns),
-        ("mediagw_worker_datagrams_total", "counter", "Datagrams received by the worker.", |m| &m.datagrams),
-        ("mediagw_worker_kernel_drops_total", "counter", "Datagrams dropped by the kernel on full socket buffers.", |m| &m.kernel_drops),
-        ("mediagw_worker_truncated_total", "counter", "Datagrams larger than a receive buffer.", |m| &m.truncated),
-        ("mediagw_worker_waits_total", "counter", "Times the worker slept in the kernel.", |m| &m.waits),
-        ("mediagw_worker_sent_total", "counter", "Datagrams sent by the worker.", |m| &m.sent),
-        ("mediagw_worker_send_dropped_total", "counter", "Outbound datagrams with no send slot.", |m| &m.send_dropped),
-        ("mediagw_worker_events_dropped_total", "counter", "Endpoint events lost to a full queue.", |m| &m.events_dropped),
+    let worker_series: [Series<WorkerMetrics>; 10] = [
+        (
+            "mediagw_worker_endpoints",
+            "gauge",
+            "Endpoints on the worker.",
+            |m| &m.endpoints,
+        ),
+        (
+            "mediagw_worker_receiving",
+            "gauge",
+            "Endpoints receiving on the worker.",
+            |m| &m.receiving,
+        ),
+        (
+            "mediagw_worker_loop_overruns_total",
+            "counter",
+            "Loop iterations over budget (4 ticks).",
+            |m| &m.overruns,
+        ),
+        (
+            "mediagw_worker_datagrams_total",
+            "counter",
+            "Datagrams received by the worker.",
+            |m| &m.datagrams,
+        ),
+        (
+            "mediagw_worker_kernel_drops_total",
+            "counter",
+            "Datagrams dropped by the kernel on full socket buffers.",
+            |m| &m.kernel_drops,
+        ),
+        (
+            "mediagw_worker_truncated_total",
+            "counter",
+            "Datagrams larger than a receive buffer.",
+            |m| &m.truncated,
+        ),
+        (
+            "mediagw_worker_waits_total",
+            "counter",
+            "Times the worker slept in the kernel.",
+            |m| &m.waits,
+        ),
+        (
+            "mediagw_worker_sent_total",
+            "counter",
+            "Datagrams sent by the worker.",
+            |m| &m.sent,
+        ),
+        (
+            "mediagw_worker_send_dropped_total",
+            "counter",
+            "Outbound datagrams with no send slot.",
+            |m| &m.send_dropped,
+        ),
+        (
+            "mediagw_worker_events_dropped_total",
+            "counter",
+            "Endpoint events lost to a full queue.",
+            |m| &m.events_dropped,
+        ),
     ];
     for (name, kind, help, field) in worker_series {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -317,7 +434,11 @@ pub fn render(tenants: &[String], workers: &[WorkerInfo<'_>], draining: bool) ->
             );
         }
         let count = load(&w.metrics.loops);
-        let _ = writeln!(out, "{name}_bucket{{worker=\"{}\",le=\"+Inf\"}} {count}", w.index);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{worker=\"{}\",le=\"+Inf\"}} {count}",
+            w.index
+        );
         let _ = writeln!(
             out,
             "{name}_sum{{worker=\"{}\"}} {}",
@@ -348,7 +469,9 @@ pub fn render(tenants: &[String], workers: &[WorkerInfo<'_>], draining: bool) ->
 }
 
 fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -374,7 +497,10 @@ mod tests {
             }],
             false,
         );
-        assert!(text.contains("mediagw_rtp_packets_total{tenant=\"b\\\"x\"} 42"), "{text}");
+        assert!(
+            text.contains("mediagw_rtp_packets_total{tenant=\"b\\\"x\"} 42"),
+            "{text}"
+        );
         assert!(text.contains("mediagw_rtp_packets_total{tenant=\"a\"} 0"));
         assert!(text.contains("mediagw_stream_jitter_ms_bucket{tenant=\"b\\\"x\",le=\"5\"} 1"));
         assert!(text.contains("mediagw_stream_jitter_ms_bucket{tenant=\"b\\\"x\",le=\"+Inf\"} 2"));

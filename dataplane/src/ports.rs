@@ -366,7 +366,10 @@ mod tests {
             })
         );
         assert!(p.release("x", ports[1], Nanos::from_millis(10)));
-        assert!(!p.release("x", ports[1], Nanos::from_millis(10)), "double release");
+        assert!(
+            !p.release("x", ports[1], Nanos::from_millis(10)),
+            "double release"
+        );
         assert!(matches!(
             p.allocate("x", Nanos::from_millis(500)),
             Err(PortError::Exhausted { quarantined: 1, .. })

@@ -242,17 +242,14 @@ impl TapState {
     fn read_conn(&mut self, i: usize) {
         let mut buf = [0u8; 16 * 1024];
         // A stashed play frame first: no further input until it is placed.
-        if let Some((id, frame)) = self.conns[i].stash.take() {
-            match self.endpoints.get_mut(&id) {
-                Some(e) => {
-                    if e.ep.play.push(&frame).is_err() {
-                        self.conns[i].stash = Some((id, frame));
-                        return;
-                    }
-                    self.metrics.frames_in.fetch_add(1, Ordering::Relaxed);
-                }
-                None => {}
+        if let Some((id, frame)) = self.conns[i].stash.take()
+            && let Some(e) = self.endpoints.get_mut(&id)
+        {
+            if e.ep.play.push(&frame).is_err() {
+                self.conns[i].stash = Some((id, frame));
+                return;
             }
+            self.metrics.frames_in.fetch_add(1, Ordering::Relaxed);
         }
         loop {
             if self.conns[i].stash.is_some() || self.conns[i].closed {
@@ -306,7 +303,9 @@ impl TapState {
                             Some(_) if s.format != MediaFormat::PCM16 => {
                                 Some(error(s.endpoint, kind, MediaErrorCode::UNSUPPORTED_FORMAT))
                             }
-                            Some(e) if e.subscribers.contains(&conn_id) => Some(ack(s.endpoint, kind)),
+                            Some(e) if e.subscribers.contains(&conn_id) => {
+                                Some(ack(s.endpoint, kind))
+                            }
                             Some(e) if e.subscribers.len() >= MAX_SUBSCRIBERS => Some(error(
                                 s.endpoint,
                                 kind,
@@ -332,9 +331,11 @@ impl TapState {
                     },
                     Ok(MediaMessage::Play(p)) => match endpoints.get_mut(&p.endpoint) {
                         None => Some(error(p.endpoint, 0x03, MediaErrorCode::UNKNOWN_ENDPOINT)),
-                        Some(e) if p.sample_rate != e.ep.rate => {
-                            Some(error(p.endpoint, 0x03, MediaErrorCode::SAMPLE_RATE_MISMATCH))
-                        }
+                        Some(e) if p.sample_rate != e.ep.rate => Some(error(
+                            p.endpoint,
+                            0x03,
+                            MediaErrorCode::SAMPLE_RATE_MISMATCH,
+                        )),
                         Some(e) => {
                             let mut frame = Frame::default();
                             let n = p.samples.copy_to(&mut frame.samples[..MAX_FRAME_SAMPLES]);
@@ -348,11 +349,9 @@ impl TapState {
                             None
                         }
                     },
-                    Ok(MediaMessage::Unknown(u)) => Some(error(
-                        EndpointId(0),
-                        u.kind,
-                        MediaErrorCode::UNKNOWN_KIND,
-                    )),
+                    Ok(MediaMessage::Unknown(u)) => {
+                        Some(error(EndpointId(0), u.kind, MediaErrorCode::UNKNOWN_KIND))
+                    }
                     // Server-to-client kinds sent to us.
                     Ok(other) => Some(error(
                         other.endpoint().unwrap_or(EndpointId(0)),

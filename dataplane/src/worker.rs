@@ -292,7 +292,11 @@ impl Worker {
                     let _ = reply.send(self.add(*p, now));
                 }
                 Command::Remove(id, reply) => {
-                    let snap = self.by_id.get(&id).copied().and_then(|i| self.remove_slot(i, now));
+                    let snap = self
+                        .by_id
+                        .get(&id)
+                        .copied()
+                        .and_then(|i| self.remove_slot(i, now));
                     let _ = reply.send(snap);
                 }
                 Command::Snapshot(id, reply) => {
@@ -379,7 +383,10 @@ impl Worker {
                 push_event(events, metrics, s.id, event, now);
             }
             while let Some((dest, len)) = s.endpoint.poll_transmit(now, &mut out[..]) {
-                if engine.queue_send(rtp_token(index), dest, &out[..len]).is_err() {
+                if engine
+                    .queue_send(rtp_token(index), dest, &out[..len])
+                    .is_err()
+                {
                     metrics.send_dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -401,7 +408,8 @@ impl Worker {
                 }
             }
         }
-        self.metrics.publish(&totals, receiving, self.engine.counters());
+        self.metrics
+            .publish(&totals, receiving, self.engine.counters());
         // Histogram observations are per publish, not cumulative state of
         // the endpoints: keep them in `retired` so they accumulate.
         for (r, t) in self.retired.iter_mut().zip(&totals) {

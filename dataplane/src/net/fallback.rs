@@ -342,6 +342,7 @@ impl FallbackEngine {
         let events = self.events.as_mut_ptr();
         let max = self.events.len() as libc::c_int;
         let start = monotonic_ns();
+        let total = timeout;
         let mut timeout = timeout;
         loop {
             let r = if self.use_pwait2 {
@@ -375,10 +376,10 @@ impl FallbackEngine {
                 // out the rest of the timeout.
                 libc::EINTR => {
                     let spent = Duration::from_nanos(monotonic_ns().saturating_sub(start));
-                    if spent >= timeout {
+                    if spent >= total {
                         return Ok(0);
                     }
-                    timeout -= spent;
+                    timeout = total - spent;
                 }
                 libc::ENOSYS if self.use_pwait2 => self.use_pwait2 = false,
                 _ => return Err(e),

@@ -45,6 +45,11 @@
 //! An engine is `!Send`: build it on the worker thread that polls it (the
 //! io_uring engine is set up single-issuer, bound to its creating thread).
 //! Hand [`Engine::waker`] to other threads.
+//!
+//! ```compile_fail
+//! fn send<T: Send>() {}
+//! send::<mediagw_dataplane::net::Engine>();
+//! ```
 
 mod arena;
 mod fallback;
@@ -594,6 +599,12 @@ mod tests {
         let a = monotonic_now();
         let b = monotonic_now();
         assert!(b >= a && a.0 > 0);
+    }
+
+    #[test]
+    fn waker_is_shareable() {
+        fn check<T: Send + Sync + Clone>() {}
+        check::<Waker>();
     }
 
     #[test]

@@ -387,12 +387,14 @@ impl UringEngine {
         Ok(())
     }
 
-    fn arm_recv(&mut self, idx: u32, generation: u32) -> io::Result<()> {
+    /// Arms the socket's multishot receive; false if there was nothing to
+    /// arm (removed, or already armed).
+    fn arm_recv(&mut self, idx: u32, generation: u32) -> io::Result<bool> {
         let Some(slot) = self.table.get_mut(idx, generation) else {
-            return Ok(());
+            return Ok(false);
         };
         if slot.state != SlotState::Active || slot.armed {
-            return Ok(());
+            return Ok(false);
         }
         let entry = opcode::RecvMsgMulti::new(Fd(slot.fd), &raw const **self.recv_msg, self.bgid)
             .build()
@@ -404,17 +406,15 @@ impl UringEngine {
         // for all receives to end before freeing the buffers.
         unsafe { push_sqe(&mut self.ring, &entry) }?;
         slot.armed = true;
-        Ok(())
+        Ok(true)
     }
 
     pub(crate) fn add_socket(&mut self, token: Token, sock: UdpSocket) -> io::Result<()> {
         let v6 = prepare_socket(&sock)?;
         let (idx, generation) = self.table.insert(token, sock, v6)?;
-        self.rearm.reserve(
-            self.table
-                .capacity_hint()
-                .saturating_sub(self.rearm.capacity()),
-        );
+        // Room to re-arm every socket without allocating in `poll`.
+        self.rearm
+            .reserve(self.table.capacity_hint().saturating_sub(self.rearm.len()));
         if let Err(e) = self.arm_recv(idx, generation) {
             self.table.detach(token);
             self.table.free(idx);
@@ -523,6 +523,7 @@ impl UringEngine {
     fn enter(&mut self, want: usize, wait: Duration) -> io::Result<()> {
         self.counters.waits += 1;
         let start = monotonic_ns();
+        let total = wait;
         let mut wait = wait;
         loop {
             let ts = Timespec::from(wait);
@@ -538,10 +539,10 @@ impl UringEngine {
                 // completed meanwhile.
                 libc::EINTR => {
                     let spent = Duration::from_nanos(monotonic_ns().saturating_sub(start));
-                    if spent >= wait || !self.ring.completion().is_empty() {
+                    if spent >= total || !self.ring.completion().is_empty() {
                         return Ok(());
                     }
-                    wait -= spent;
+                    wait = total - spent;
                 }
                 _ => return Err(err),
             }
@@ -722,7 +723,8 @@ impl UringEngine {
         for i in 0..list.len() {
             let (idx, generation) = list[i];
             match self.arm_recv(idx, generation) {
-                Ok(()) => self.counters.rearms += 1,
+                Ok(true) => self.counters.rearms += 1,
+                Ok(false) => {}
                 // SQ full: try again at the next poll.
                 Err(_) => {
                     list[keep] = list[i];
