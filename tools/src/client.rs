@@ -6,17 +6,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use mediagw_shared::control::{
-    Call, Hello, HelloReply, LineFramer, Op, PROTOCOL_VERSION, Request, ServerMessage,
-    decode_reply, encode_request, parse_server_message,
+    Call, DEFAULT_MAX_SERVER_LINE, Hello, HelloReply, LineFramer, Op, PROTOCOL_VERSION, Request,
+    ServerMessage, decode_reply, encode_request, parse_server_message,
 };
 use serde_json::Value;
 
 use crate::error::{CtlError, SocketKind};
-
-/// The longest line the client accepts. Far above the protocol's own
-/// suggestion: an `endpoint.list` of a busy host is large, and the server is
-/// trusted.
-pub const MAX_LINE: usize = 64 * 1024 * 1024;
 
 /// A connection to the control socket, handshake done.
 ///
@@ -45,7 +40,7 @@ impl Client {
             .map_err(|e| CtlError::io("control socket", e))?;
         let mut client = Self {
             stream,
-            framer: LineFramer::new(MAX_LINE),
+            framer: LineFramer::new(DEFAULT_MAX_SERVER_LINE),
             next_id: 1,
             timeout,
             server: HelloReply {

@@ -55,7 +55,9 @@ pub enum CtlError {
         endpoint: EndpointId,
     },
     /// The server answers a version we do not speak.
-    #[error("version_mismatch: the dataplane speaks protocol version {server}, mediagwctl {client}")]
+    #[error(
+        "version_mismatch: the dataplane speaks protocol version {server}, mediagwctl {client}"
+    )]
     Version {
         /// The server's version.
         server: u32,

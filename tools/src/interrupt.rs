@@ -56,12 +56,20 @@ impl Interrupt {
 
     /// Whether a signal arrived.
     pub fn is_hit(&self) -> bool {
-        *self.inner.hit.lock().unwrap_or_else(PoisonError::into_inner)
+        *self
+            .inner
+            .hit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Sleeps for `d` or until a signal; returns whether one arrived.
     pub fn sleep(&self, d: Duration) -> bool {
-        let hit = self.inner.hit.lock().unwrap_or_else(PoisonError::into_inner);
+        let hit = self
+            .inner
+            .hit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let (hit, _) = self
             .inner
             .woken
@@ -72,9 +80,7 @@ impl Interrupt {
 
     /// Shuts `stream`'s connection down on a signal, ending blocking reads.
     pub fn shutdown_on_interrupt(&self, stream: &UnixStream) -> Result<(), CtlError> {
-        let clone = stream
-            .try_clone()
-            .map_err(|e| CtlError::io("socket", e))?;
+        let clone = stream.try_clone().map_err(|e| CtlError::io("socket", e))?;
         if self.is_hit() {
             let _ = clone.shutdown(Shutdown::Both);
         }
@@ -88,7 +94,11 @@ impl Interrupt {
 
     /// What a signal does; public for tests.
     pub fn trigger(&self) {
-        *self.inner.hit.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        *self
+            .inner
+            .hit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = true;
         self.inner.woken.notify_all();
         for stream in self
             .inner

@@ -181,3 +181,29 @@ impl MediaConn {
         }
     }
 }
+
+/// The duration of one `Play` frame.
+pub const FRAME: Duration = Duration::from_millis(20);
+
+/// How far `play` runs ahead of real time, so that the dataplane's queue
+/// never runs dry between two writes.
+pub const PLAY_LEAD: Duration = Duration::from_millis(100);
+
+/// When frame `index` of a playback is due, counted from its start: real
+/// time less [`PLAY_LEAD`] (the first frames go at once).
+pub fn play_due(index: u64) -> Duration {
+    let nominal = FRAME.saturating_mul(u32::try_from(index).unwrap_or(u32::MAX));
+    nominal.saturating_sub(PLAY_LEAD)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn play_runs_a_lead_ahead_of_real_time() {
+        let ms = |i| play_due(i).as_millis();
+        assert_eq!([ms(0), ms(4), ms(5), ms(6), ms(50)], [0, 0, 0, 20, 900]);
+        assert_eq!(play_due(u64::MAX), play_due(u64::from(u32::MAX)));
+    }
+}
