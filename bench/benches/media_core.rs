@@ -206,14 +206,7 @@ fn bench_pipeline(c: &mut Criterion) {
                 black_box(src);
                 st.handle_packet(p.ssrc(), p.seq(), p.timestamp(), p.payload().len(), *at);
                 let n = Codec::Pcmu.decode(p.payload(), &mut pcm);
-                jb.handle_packet(
-                    p.ssrc(),
-                    p.seq(),
-                    p.timestamp(),
-                    p.marker(),
-                    &pcm[..n],
-                    *at,
-                );
+                jb.handle_packet(p.ssrc(), p.seq(), p.timestamp(), p.marker(), &pcm[..n], *at);
                 while let Some(f) = jb.poll_frame(*at) {
                     let _ = tx.push(f);
                 }
