@@ -52,6 +52,7 @@ struct Entry {
     local_addr: SocketAddr,
     worker: usize,
     created_ms: u64,
+    shared: Arc<EndpointShared>,
 }
 
 #[derive(Debug)]
@@ -500,7 +501,7 @@ impl Dataplane {
                 id,
                 frames: tap_rx,
                 play: play_tx,
-                shared,
+                shared: shared.clone(),
                 rate,
             })));
         let (tx, rx) = oneshot::channel();
@@ -542,6 +543,7 @@ impl Dataplane {
                 local_addr: advertised,
                 worker,
                 created_ms: unix_ms(monotonic_now()),
+                shared: shared.clone(),
             },
         );
         info!(endpoint = %id, tenant = %c.tenant, session = %c.session, codec = %c.codec, local = %advertised, worker, "endpoint created");
@@ -867,7 +869,7 @@ fn stats_of(id: EndpointId, e: &Entry, s: &EndpointSnapshot) -> EndpointStats {
             frames_dropped: s.tx.frames_dropped,
         },
         tap: TapStats {
-            subscribers: 0,
+            subscribers: e.shared.subscribers.load(Ordering::Relaxed),
             frames: s.rx.tap_frames,
             overflows: s.rx.tap_overflows,
         },

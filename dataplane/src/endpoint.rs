@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use mediagw_shared::codec::Codec;
@@ -191,6 +191,18 @@ pub struct EndpointSnapshot {
 pub struct EndpointShared {
     /// Someone on the media socket wants this endpoint's frames.
     pub tapped: AtomicBool,
+    /// Media socket connections subscribed to this endpoint (the tap
+    /// thread's count, for statistics).
+    pub subscribers: AtomicU32,
+}
+
+impl EndpointShared {
+    /// The tap thread says how many subscribers the endpoint has now.
+    pub fn set_subscribers(&self, n: usize) {
+        self.subscribers
+            .store(u32::try_from(n).unwrap_or(u32::MAX), Ordering::Relaxed);
+        self.tapped.store(n > 0, Ordering::Relaxed);
+    }
 }
 
 /// One endpoint's media state.

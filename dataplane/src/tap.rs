@@ -181,9 +181,7 @@ impl TapState {
             self.conns.retain(|c| !c.closed);
             for e in self.endpoints.values_mut() {
                 e.subscribers.retain(|s| !closed.contains(s));
-                if e.subscribers.is_empty() {
-                    e.ep.shared.tapped.store(false, Ordering::Relaxed);
-                }
+                e.ep.shared.set_subscribers(e.subscribers.len());
             }
         }
         if before != self.conns.len() {
@@ -313,7 +311,7 @@ impl TapState {
                             )),
                             Some(e) => {
                                 e.subscribers.push(conn_id);
-                                e.ep.shared.tapped.store(true, Ordering::Relaxed);
+                                e.ep.shared.set_subscribers(e.subscribers.len());
                                 Some(ack(s.endpoint, kind))
                             }
                         }
@@ -321,9 +319,7 @@ impl TapState {
                     Ok(MediaMessage::Unsubscribe(u)) => match endpoints.get_mut(&u.endpoint) {
                         Some(e) if e.subscribers.contains(&conn_id) => {
                             e.subscribers.retain(|s| *s != conn_id);
-                            if e.subscribers.is_empty() {
-                                e.ep.shared.tapped.store(false, Ordering::Relaxed);
-                            }
+                            e.ep.shared.set_subscribers(e.subscribers.len());
                             Some(ack(u.endpoint, 0x02))
                         }
                         Some(_) => Some(error(u.endpoint, 0x02, MediaErrorCode::NOT_SUBSCRIBED)),
