@@ -10,6 +10,9 @@
 //! services around them read the clock and own the sockets.
 #![forbid(unsafe_code)]
 
+pub mod dataplane;
 pub mod error;
+pub mod metrics;
 pub mod secret;
 pub mod service;
+pub mod tenant;
