@@ -164,13 +164,10 @@ impl Metrics {
             call_setups.clone(),
         );
         // 0.5 ms to about 4 s.
-        let setup_seconds = Histogram::new(
-            [
-                0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0,
-                2.0, 4.0,
-            ]
-            .into_iter(),
-        );
+        let setup_seconds = Histogram::new([
+            0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0,
+            4.0,
+        ]);
         r.register(
             "call_setup_seconds",
             "From StasisStart to the caller bridged with its externalMedia channel",

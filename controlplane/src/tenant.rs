@@ -238,7 +238,7 @@ impl TenantRules {
             }
         }
         for (id, t) in &self.tenants {
-            if !facts.context.is_empty() && t.contexts.iter().any(|c| *c == facts.context) {
+            if !facts.context.is_empty() && t.contexts.contains(&facts.context) {
                 return Some(policy(id, t, "context"));
             }
             if !facts.exten.is_empty() && t.numbers.iter().any(|p| number_matches(p, &facts.exten))
