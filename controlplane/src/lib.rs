@@ -13,3 +13,4 @@
 pub mod error;
 pub mod secret;
 pub mod service;
+pub mod session;
