@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use mediagw_controlplane::error::{ErrorKind, Party};
+use mediagw_controlplane::service::{Services, Shutdown};
 use mediagw_controlplane::session::{
     BackendKind, Direction, EventStream, MemoryStore, Reaper, RedisStore, Session, SessionConfig,
     SessionEvent, SessionEventKind, SessionState, SessionStore, Store, UnixMs,
@@ -336,6 +337,7 @@ both_backends!(
     ended_sessions_are_kept_then_forgotten,
     events_per_tenant,
     concurrent_updates_lose_nothing,
+    the_reaper_service_reaps_and_stops,
 );
 
 // ------------------------------------------------------- the generic suite
@@ -761,6 +763,54 @@ async fn concurrent_updates_lose_nothing<B: Backend>(b: &B) {
     let keys: BTreeSet<&str> = got.metadata().keys().map(String::as_str).collect();
     assert_eq!(keys.len(), TASKS);
     assert!((0..TASKS).all(|i| got.metadata()[&format!("task{i}")] == "done"));
+}
+
+async fn the_reaper_service_reaps_and_stops<B: Backend>(b: &B) {
+    let config = SessionConfig {
+        abandon_after_ms: 60_000,
+        reap_interval_ms: 50,
+        ..b.config("gw-1")
+    };
+    let store = b.open(&config);
+    let mut events = store.subscribe(Some(&tenant("acme")));
+    // Last seen two minutes ago: abandoned by the wall clock.
+    let old = UnixMs(now().0 - 120_000);
+    store
+        .create(&new_session("acme", "stale", "gw-1", old))
+        .await
+        .unwrap();
+    store
+        .create(&new_session("acme", "fresh", "gw-1", now()))
+        .await
+        .unwrap();
+
+    let shutdown = Shutdown::new();
+    let mut services = Services::new(shutdown.clone());
+    services.spawn(Box::new(Reaper::new(store.clone(), config.reap_interval())));
+    let running = tokio::spawn(services.run(Duration::from_secs(5)));
+
+    let e = recv(&mut events).await;
+    assert_eq!(e.session, sid("stale"));
+    assert!(matches!(e.kind, SessionEventKind::Ended { .. }));
+    let stale = store
+        .get(&tenant("acme"), &sid("stale"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stale.state(), SessionState::Failed);
+    let fresh = store
+        .get(&tenant("acme"), &sid("fresh"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(fresh.state(), SessionState::New);
+
+    shutdown.cancel();
+    tokio::time::timeout(DEADLINE, running)
+        .await
+        .expect("the reaper did not stop")
+        .unwrap()
+        .unwrap();
 }
 
 // ---------------------------------------------------------- Redis only
