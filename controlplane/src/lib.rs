@@ -15,4 +15,5 @@ pub mod error;
 pub mod metrics;
 pub mod secret;
 pub mod service;
+pub mod session;
 pub mod tenant;
