@@ -259,6 +259,8 @@ pub(crate) enum Rules {
 
 /// A successful answer: status and body.
 struct Reply {
+    /// Index of the server that answered.
+    server: usize,
     status: StatusCode,
     body: Vec<u8>,
 }
@@ -736,7 +738,8 @@ impl AriClient {
         what: &str,
         rules: Rules,
     ) -> Result<Reply> {
-        let server = &self.inner.servers[self.active_index()];
+        let index = self.active_index();
+        let server = &self.inner.servers[index];
         let mut url = server.rest.clone();
         url.path_segments_mut()
             // The URL was checked to be http(s), which always has a path.
@@ -763,6 +766,7 @@ impl AriClient {
         let bytes = resp.bytes().await.map_err(fail)?;
         if status.is_success() {
             return Ok(Reply {
+                server: index,
                 status,
                 body: bytes.to_vec(),
             });
@@ -778,7 +782,7 @@ impl AriClient {
                 Party::Asterisk,
                 format!(
                     "{what} on {}: HTTP {} with a body that is not the expected model: {}",
-                    self.active_server(),
+                    self.inner.servers[reply.server].name,
                     reply.status.as_u16(),
                     quote(&reply.body)
                 ),
