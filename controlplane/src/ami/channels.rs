@@ -11,8 +11,8 @@
 //!
 //! A channel first seen in another event than `Newchannel` (it existed
 //! before we connected) is adopted from that event's snapshot. Asterisk
-//! sends some events for a channel after its `Hangup` (`NewCallerid`,
-//! `SoftHangupRequest`); recently hung-up ids are remembered (bounded) so
+//! sends some events for a channel after its `Hangup` (a `NewCallerid` in
+//! the recordings); recently hung-up ids are remembered (bounded) so
 //! those never bring a channel back.
 //!
 //! Memory is bounded: at most [`TrackerLimits::max_channels`] channels (the
@@ -737,7 +737,7 @@ mod tests {
         assert_eq!(originated.dial_status(), Some("ANSWER"));
         assert_eq!(originated.context(), Some("tone-source"));
 
-        // NewCallerid and VarSet after Hangup do not resurrect anything.
+        // The NewCallerid after .33's Hangup does not resurrect it.
         assert!(t.is_empty());
         assert_eq!(
             t.stats(),
