@@ -10,6 +10,7 @@
 //! services around them read the clock and own the sockets.
 #![forbid(unsafe_code)]
 
+pub mod ami;
 pub mod ari;
 pub mod dataplane;
 pub mod error;
