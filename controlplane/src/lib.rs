@@ -12,8 +12,12 @@
 
 pub mod ami;
 pub mod ari;
+pub mod callflow;
+pub mod config;
 pub mod dataplane;
+pub mod demo;
 pub mod error;
+pub mod http;
 pub mod metrics;
 pub mod secret;
 pub mod service;

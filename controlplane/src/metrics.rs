@@ -7,13 +7,20 @@
 
 use std::sync::Arc;
 
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+use crate::ami::AmiClient;
+use crate::ari::AriEventMetrics;
 
 /// Labels: a tenant.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -147,10 +154,80 @@ impl Default for Metrics {
     }
 }
 
+/// The AMI client's counters, read at each scrape.
+#[derive(Debug)]
+struct AmiCollector(AmiClient);
+
+impl Collector for AmiCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let m = self.0.metrics();
+        let counters: [(&str, &str, u64); 9] = [
+            ("ami_connects", "AMI logins", m.connects),
+            (
+                "ami_disconnects",
+                "AMI connections lost after login",
+                m.disconnects,
+            ),
+            (
+                "ami_connect_failures",
+                "AMI attempts that failed before login",
+                m.connect_failures,
+            ),
+            (
+                "ami_login_failures",
+                "AMI logins Asterisk refused",
+                m.login_failures,
+            ),
+            (
+                "ami_keepalive_failures",
+                "AMI links found dead by an unanswered Ping",
+                m.keepalive_failures,
+            ),
+            ("ami_events", "AMI events received", m.events),
+            (
+                "ami_parse_errors",
+                "Unparseable AMI input skipped",
+                m.parse_errors,
+            ),
+            (
+                "ami_unmatched_responses",
+                "AMI responses matching no waiting action",
+                m.unmatched_responses,
+            ),
+            (
+                "ami_action_timeouts",
+                "AMI actions that timed out",
+                m.action_timeouts,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let e = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(value).encode(e)?;
+        }
+        Ok(())
+    }
+}
+
 impl Metrics {
     /// A registry with every metric registered.
     pub fn new() -> Self {
+        Self::with(|_| {})
+    }
+
+    /// A registry with every metric registered, and the AMI client's and
+    /// the ARI events service's counters.
+    pub fn with_clients(ami: Option<&AmiClient>, ari: &AriEventMetrics) -> Self {
+        Self::with(|r| {
+            ari.register(r);
+            if let Some(ami) = ami {
+                r.register_collector(Box::new(AmiCollector(ami.clone())));
+            }
+        })
+    }
+
+    fn with(extra: impl FnOnce(&mut Registry)) -> Self {
         let mut r = Registry::with_prefix("mediagw");
+        extra(&mut r);
         let calls_active = Family::<TenantLabel, Gauge>::default();
         r.register(
             "calls_active",

@@ -392,6 +392,23 @@ impl AriClient {
         self.decode(r, &what)
     }
 
+    /// `POST /channels/{id}/continue`: the channel leaves the application
+    /// and goes on in the dialplan where it was (used for calls no tenant
+    /// claims, so the PBX can route them elsewhere).
+    pub async fn continue_in_dialplan(&self, id: &ChannelId) -> Result<()> {
+        let what = format!("continue channel {id} in the dialplan");
+        self.call(
+            Method::POST,
+            &["channels", id.as_str(), "continue"],
+            &[],
+            None,
+            &what,
+            Rules::Default,
+        )
+        .await
+        .map(drop)
+    }
+
     /// `POST /channels/{id}/answer`.
     pub async fn answer(&self, id: &ChannelId) -> Result<()> {
         let what = format!("answer channel {id}");

@@ -176,7 +176,10 @@ fn wait_for_socket(path: &Path, dp: &mut Daemon, limit: Duration) -> Result<(), 
         }
         thread::sleep(Duration::from_millis(50));
     }
-    Err(format!("{} did not appear within {limit:?}", path.display()))
+    Err(format!(
+        "{} did not appear within {limit:?}",
+        path.display()
+    ))
 }
 
 fn main() -> ExitCode {
@@ -206,7 +209,10 @@ fn run(args: Args) -> Result<(), String> {
         "MEDIAGW_DP_DATAPLANE__CONTROL_SOCKET".into(),
         path_str(&control),
     ));
-    dp_env.push(("MEDIAGW_DP_DATAPLANE__MEDIA_SOCKET".into(), path_str(&media)));
+    dp_env.push((
+        "MEDIAGW_DP_DATAPLANE__MEDIA_SOCKET".into(),
+        path_str(&media),
+    ));
     let mut dp_args = vec![];
     if let Some(c) = &args.dataplane_config {
         dp_args.extend(["--config".to_owned(), path_str(c)]);
@@ -216,7 +222,10 @@ fn run(args: Args) -> Result<(), String> {
         "MEDIAGW_CP_DATAPLANE__CONTROL_SOCKET".into(),
         path_str(&control),
     ));
-    cp_env.push(("MEDIAGW_CP_DATAPLANE__MEDIA_SOCKET".into(), path_str(&media)));
+    cp_env.push((
+        "MEDIAGW_CP_DATAPLANE__MEDIA_SOCKET".into(),
+        path_str(&media),
+    ));
     if args.demo {
         cp_env.push(("MEDIAGW_CP_DEMO__ENABLED".into(), "true".into()));
     }
