@@ -157,7 +157,7 @@ impl Dataplane {
                 )
             })?;
         match tokio::time::timeout(self.timeout, rx).await {
-            Ok(Ok(result)) => result.map_err(|e| e.context(name)),
+            Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(Error::new(
                 ErrorKind::Unavailable,
                 Party::Dataplane,
@@ -370,8 +370,8 @@ impl DataplaneLink {
                 id: Some(id),
                 result,
             }) => {
-                if let Some((_, tx)) = pending.remove(&id) {
-                    let _ = tx.send(result.map_err(map_error));
+                if let Some((name, tx)) = pending.remove(&id) {
+                    let _ = tx.send(result.map_err(|e| map_error(e).context(name)));
                 }
             }
             Ok(ServerMessage::Response { id: None, result }) => {

@@ -169,7 +169,15 @@ impl Demo {
         // Stagger the slots so calls do not all start and end together.
         let stagger = Duration::from_millis(u64::from(slot) * 1_500);
         tokio::select! { () = shutdown.cancelled() => return, () = tokio::time::sleep(stagger) => {} }
+        let mut link = self.dataplane.state();
         while !shutdown.is_cancelled() {
+            // Wait for the dataplane rather than fail calls while it starts.
+            while !link.borrow_and_update().link.is_up() {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    changed = link.changed() => if changed.is_err() { return },
+                }
+            }
             n += 1;
             let id = format!("demo-{slot}-{n}");
             if let Err(e) = self.call(&tenant, &id, codec, slot, &shutdown).await {

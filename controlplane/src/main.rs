@@ -17,7 +17,8 @@ use mediagw_controlplane::demo::Demo;
 use mediagw_controlplane::error::Result;
 use mediagw_controlplane::http::{self, HttpState};
 use mediagw_controlplane::metrics::{Link, LinkLabel, Metrics};
-use mediagw_controlplane::service::{LinkState, Services, Shutdown};
+use mediagw_controlplane::secret::{Secret, SecretSource};
+use mediagw_controlplane::service::{LinkState, Service, Services, Shutdown};
 use mediagw_controlplane::session::{Reaper, SessionStore, Store};
 use tracing_subscriber::EnvFilter;
 
@@ -95,12 +96,24 @@ async fn run(cfg: Config) -> Result<()> {
     let mut services = Services::new(shutdown.clone());
     let rules = cfg.rules()?;
     let store = Store::from_config(&cfg.sessions)?;
-    let ari_password = cfg.ari.password.resolve("ari.password")?;
+    // The embedded defaults name no password: the control plane still
+    // starts (Asterisk may not even be there) and says what is missing.
+    let ari_password = if cfg.ari.password == SecretSource::default() {
+        tracing::warn!("ari.password is not set: Asterisk will refuse the ARI login until it is");
+        Secret::default()
+    } else {
+        cfg.ari.password.resolve("ari.password")?
+    };
     let ari = AriClient::new(&cfg.ari, ari_password)?;
     let (ari_events, ari_rx) = AriEvents::new(ari.clone());
     let (dataplane, dp_link) = Dataplane::new(cfg.dataplane.clone());
 
-    let ami = if cfg.controlplane.ami_enabled {
+    let ami = if cfg.controlplane.ami_enabled && cfg.ami.secret == SecretSource::default() {
+        tracing::warn!(
+            "ami.secret is not set: AMI is off (calls are driven by ARI; AMI adds hangup causes and PBX-wide channel counts)"
+        );
+        None
+    } else if cfg.controlplane.ami_enabled {
         let secret = cfg.ami.secret.resolve("ami.secret")?;
         let (ami, ami_service) = AmiClient::new(cfg.ami.clone(), secret);
         services.spawn(Box::new(ami_service));
@@ -141,7 +154,10 @@ async fn run(cfg: Config) -> Result<()> {
         Some(http::bind(&cfg.controlplane.http_listen).await?)
     };
 
-    services.spawn(Box::new(dp_link));
+    // The dataplane link outlives the other services at stop, so that they
+    // can still close what they own (the demo's endpoints) while draining.
+    let link_shutdown = Shutdown::new();
+    let link = tokio::spawn(Box::new(dp_link).run(link_shutdown.clone()));
     services.spawn(Box::new(ari_events));
     services.spawn(Box::new(dispatcher));
     services.spawn(Box::new(Reaper::new(
@@ -187,9 +203,12 @@ async fn run(cfg: Config) -> Result<()> {
         tracing::info!("stopping: calls stay up in Asterisk and the dataplane");
         s.cancel();
     });
-    services
+    let outcome = services
         .run(Duration::from_millis(cfg.controlplane.drain_timeout_ms))
-        .await
+        .await;
+    link_shutdown.cancel();
+    let _ = link.await;
+    outcome
 }
 
 /// Mirrors a link's state into `mediagw_link_up` and counts reconnects.

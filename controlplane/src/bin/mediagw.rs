@@ -17,6 +17,7 @@
 #![allow(clippy::disallowed_methods)]
 
 use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::Arc;
@@ -80,7 +81,10 @@ impl Daemon {
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .stderr(Stdio::piped())
+            // Its own process group: Ctrl-C in the terminal reaches only
+            // this supervisor, which stops the daemons in order.
+            .process_group(0);
         let mut child = cmd.spawn()?;
         let width = 12;
         if let Some(out) = child.stdout.take() {

@@ -292,6 +292,7 @@ impl Dispatcher {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 signal = self.ari_events.recv() => match signal {
+                    None if shutdown.is_cancelled() => break,
                     None => return Err(Error::internal("the ARI event stream ended")),
                     Some(AriSignal::Connected { server }) => {
                         ari_up = true;
@@ -316,11 +317,17 @@ impl Dispatcher {
                         }
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        if shutdown.is_cancelled() {
+                            break;
+                        }
                         return Err(Error::internal("the dataplane event stream ended"));
                     }
                 },
                 changed = dp_state.changed() => {
                     if changed.is_err() {
+                        if shutdown.is_cancelled() {
+                            break;
+                        }
                         return Err(Error::internal("the dataplane link has stopped"));
                     }
                     let st = dp_state.borrow_and_update().clone();
