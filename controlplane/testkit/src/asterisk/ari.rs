@@ -31,8 +31,9 @@ use super::json::Obj;
 use super::net::GatedListener;
 use super::{FailRule, RestLogEntry, Shared, WsConn};
 
-/// Serves ARI on `listener` until the double shuts down.
-pub(crate) fn serve(shared: Arc<Shared>, listener: TcpListener) {
+/// Serves ARI on `listener` until the double shuts down; the task ends
+/// once the listener is closed.
+pub(crate) fn serve(shared: Arc<Shared>, listener: TcpListener) -> tokio::task::JoinHandle<()> {
     let listener = GatedListener {
         inner: listener,
         gate: shared.gate.clone(),
@@ -48,7 +49,7 @@ pub(crate) fn serve(shared: Arc<Shared>, listener: TcpListener) {
         if let Err(e) = server.await {
             tracing::warn!(error = %e, "ari server ended");
         }
-    });
+    })
 }
 
 /// Query and body parameters, in order; repeated names and comma lists are

@@ -491,6 +491,7 @@ impl Shared {
 pub struct AsteriskDouble {
     shared: Arc<Shared>,
     ari_addr: SocketAddr,
+    listeners: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl AsteriskDouble {
@@ -536,10 +537,16 @@ impl AsteriskDouble {
             counters: Counters::default(),
             ami_addr,
         });
-        tokio::spawn(ami::serve(shared.clone(), ami_listener));
-        ari::serve(shared.clone(), ari_listener);
+        let listeners = vec![
+            tokio::spawn(ami::serve(shared.clone(), ami_listener)),
+            ari::serve(shared.clone(), ari_listener),
+        ];
         tokio::spawn(timer(shared.clone()));
-        Ok(AsteriskDouble { shared, ari_addr })
+        Ok(AsteriskDouble {
+            shared,
+            ari_addr,
+            listeners,
+        })
     }
 
     /// Where AMI listens.
@@ -747,6 +754,19 @@ impl AsteriskDouble {
             status,
             message: message.to_owned(),
         });
+    }
+}
+
+impl AsteriskDouble {
+    /// Stops the double and waits until its ports are free, so that a new
+    /// double can start on the same ports (a process restart of Asterisk,
+    /// as opposed to [`AsteriskDouble::restart`]).
+    pub async fn shutdown(mut self) {
+        self.shared.shutdown.cancel();
+        self.shared.gate.kill_all();
+        for task in std::mem::take(&mut self.listeners) {
+            let _ = task.await;
+        }
     }
 }
 
