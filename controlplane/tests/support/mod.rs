@@ -563,9 +563,12 @@ pub fn control_call<C: Call>(path: &Path, request: C) -> Result<C::Reply, String
     }
 }
 
+/// One frame from the media socket: its flags and samples.
+pub type TapFrame = (u16, Vec<i16>);
+
 /// Frames received from the dataplane's media socket for one endpoint.
 pub struct Tap {
-    frames: Arc<Mutex<Vec<(u16, Vec<i16>)>>>,
+    frames: Arc<Mutex<Vec<TapFrame>>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     thread: Option<thread::JoinHandle<()>>,
 }
@@ -613,7 +616,7 @@ impl Tap {
     }
 
     /// Frames so far.
-    pub fn frames(&self) -> Vec<(u16, Vec<i16>)> {
+    pub fn frames(&self) -> Vec<TapFrame> {
         self.frames
             .lock()
             .unwrap_or_else(|e| e.into_inner())
