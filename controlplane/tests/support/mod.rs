@@ -219,8 +219,15 @@ impl World {
         Self::start_with(sessions, "").await
     }
 
-    /// As [`start`](Self::start), with extra TOML for the control plane.
+    /// As [`start`](Self::start), with extra TOML for the control plane
+    /// (its own `[routing]` and `[[tenants]]`; by default every call is
+    /// tenant `acme`'s).
     pub async fn start_with(sessions: Sessions, extra_toml: &str) -> Self {
+        let extra_toml = if extra_toml.is_empty() {
+            "[routing]\ndefault_tenant = \"acme\"\n"
+        } else {
+            extra_toml
+        };
         let double = AsteriskDouble::start(DoubleConfig::default())
             .await
             .expect("start the Asterisk double");
@@ -293,9 +300,6 @@ backoff_max_ms = 500
 
 [calls]
 media_wait_ms = 15000
-
-[routing]
-default_tenant = "acme"
 
 {sessions_toml}
 {extra_toml}
