@@ -90,6 +90,18 @@ async fn one_call_from_stasis_start_to_hangup_with_audio_and_statistics() {
         session["endpoint_addr"].as_str().unwrap_or_default()
     );
 
+    // The operator's view.
+    let table = w.ctl(&["calls"]);
+    assert!(
+        table.contains(&id) && table.contains("acme") && table.contains("active"),
+        "{table}"
+    );
+    assert!(table.ends_with("1 call\n"), "{table}");
+    let json: Value = serde_json::from_str(&w.ctl(&["--json", "calls"])).expect("JSON");
+    assert_eq!(json["calls"][0]["endpoint"], ep.to_string());
+    let endpoints = w.ctl(&["endpoints", "--tenant", "acme"]);
+    assert!(endpoints.contains(&id), "{endpoints}");
+
     // Audio: what the dataplane decodes is what the double sent.
     let tap = Tap::start(&w.media_socket, ep);
     w.until(
@@ -154,6 +166,11 @@ async fn one_call_from_stasis_start_to_hangup_with_audio_and_statistics() {
         w.double.channels().is_empty() && w.double.bridges().is_empty()
     })
     .await;
+    let sessions = w.ctl(&["sessions", "--tenant", "acme"]);
+    assert!(
+        sessions.contains(&id) && sessions.contains("ended"),
+        "{sessions}"
+    );
     let metrics = http(w.http, "GET", "/metrics", None).expect("metrics").1;
     assert!(
         metrics.contains("mediagw_call_setups_total{tenant=\"acme\",outcome=\"ok\"} 1"),

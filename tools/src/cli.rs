@@ -36,6 +36,16 @@ pub struct Cli {
     )]
     pub media_socket: PathBuf,
 
+    /// The control plane's local HTTP listener (calls, sessions, hangup).
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        env = "MEDIAGW_CONTROLPLANE",
+        default_value = "http://127.0.0.1:9110"
+    )]
+    pub controlplane: String,
+
     /// Print the server's result as one JSON object, for scripts.
     #[arg(long, global = true)]
     pub json: bool,
@@ -86,6 +96,19 @@ pub enum Command {
     Play(Play),
     /// A live view of the dataplane, busiest endpoints first.
     Watch(Watch),
+    /// The control plane's live calls on this host.
+    Calls,
+    /// Sessions in the control plane's store (live and recently ended).
+    Sessions {
+        /// Only this tenant's.
+        #[arg(long, value_name = "T")]
+        tenant: Option<TenantId>,
+    },
+    /// Hang up a call (by its session id).
+    Hangup {
+        /// The session, as `calls` shows it.
+        session: SessionId,
+    },
 }
 
 /// `create`.

@@ -117,7 +117,76 @@ pub fn run(cli: &Cli, o: &mut Output<'_>) -> Result<u8, CtlError> {
         Command::Tap(args) => tap(cli, args, o),
         Command::Play(args) => play(cli, args, o),
         Command::Watch(args) => watch(cli, args, o),
+        Command::Calls => {
+            let v = controlplane(cli, "GET", "/calls")?;
+            if cli.json {
+                return print_json(o, &v);
+            }
+            print(
+                o,
+                &format::calls(v["calls"].as_array().map_or(&[][..], Vec::as_slice)),
+            )
+        }
+        Command::Sessions { tenant } => {
+            let path = match tenant {
+                Some(t) => format!("/sessions?tenant={t}"),
+                None => "/sessions".to_owned(),
+            };
+            let v = controlplane(cli, "GET", &path)?;
+            if cli.json {
+                return print_json(o, &v);
+            }
+            print(
+                o,
+                &format::sessions(v["sessions"].as_array().map_or(&[][..], Vec::as_slice)),
+            )
+        }
+        Command::Hangup { session } => {
+            controlplane(cli, "DELETE", &format!("/calls/{session}"))?;
+            if cli.json {
+                return print_json(o, &json!({}));
+            }
+            print(o, &format!("hung up {session}\n"))
+        }
     }
+}
+
+/// One request to the control plane's local HTTP listener; its JSON answer
+/// (`null` for an empty one).
+fn controlplane(cli: &Cli, method: &str, path: &str) -> Result<Value, CtlError> {
+    let url = format!("{}{path}", cli.controlplane.trim_end_matches('/'));
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(cli.timeout))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let fail = |message: String| CtlError::ControlPlane {
+        url: url.clone(),
+        message,
+    };
+    let response = match method {
+        "DELETE" => agent.delete(&url).call(),
+        _ => agent.get(&url).call(),
+    };
+    let mut response = response.map_err(|e| fail(e.to_string()))?;
+    let status = response.status().as_u16();
+    let body = response
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| fail(e.to_string()))?;
+    let value: Value = if body.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&body).map_err(|e| fail(format!("not JSON ({e}): {body}")))?
+    };
+    if status >= 400 {
+        let message = value["error"]["message"].as_str().map_or_else(
+            || format!("HTTP {status}"),
+            |m| format!("HTTP {status}: {m}"),
+        );
+        return Err(fail(message));
+    }
+    Ok(value)
 }
 
 fn connect(cli: &Cli) -> Result<Client, CtlError> {

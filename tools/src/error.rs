@@ -102,6 +102,17 @@ pub enum CtlError {
         /// What is wrong with it.
         message: String,
     },
+    /// The control plane could not be reached or refused the request.
+    #[error(
+        "control plane {url}: {message} (is mediagw-controlplane running? set --controlplane or MEDIAGW_CONTROLPLANE)"
+    )]
+    ControlPlane {
+        /// What was asked.
+        url: String,
+        /// What went wrong, with the control plane's own error when it
+        /// sent one.
+        message: String,
+    },
     /// Arguments that parse but do not make sense together.
     #[error("{0}")]
     Usage(String),

@@ -336,6 +336,80 @@ pub fn stats(s: &EndpointStats) -> String {
     out
 }
 
+/// The control plane's live calls (the JSON objects of `GET /calls`).
+pub fn calls(calls: &[serde_json::Value]) -> String {
+    let mut t = Table::new(&[
+        ("SESSION", Align::Left),
+        ("TENANT", Align::Left),
+        ("STATE", Align::Left),
+        ("DIR", Align::Left),
+        ("CALLER", Align::Left),
+        ("DIALED", Align::Left),
+        ("ENDPOINT", Align::Left),
+        ("FORMAT", Align::Left),
+        ("AGE", Align::Right),
+        ("REATT", Align::Right),
+    ]);
+    for c in calls {
+        t.row(vec![
+            text(&c["session"]),
+            text(&c["tenant"]),
+            text(&c["state"]),
+            text(&c["direction"]),
+            text(&c["caller"]),
+            text(&c["dialed"]),
+            text(&c["endpoint"]),
+            text(&c["format"]),
+            uptime(c["age_s"].as_u64().unwrap_or(0)),
+            c["reattached"].as_u64().unwrap_or(0).to_string(),
+        ]);
+    }
+    let n = calls.len();
+    format!("{}{n} call{}\n", t.render(), plural(n))
+}
+
+/// Sessions (the JSON objects of `GET /sessions`).
+pub fn sessions(sessions: &[serde_json::Value]) -> String {
+    let mut t = Table::new(&[
+        ("SESSION", Align::Left),
+        ("TENANT", Align::Left),
+        ("STATE", Align::Left),
+        ("HOST", Align::Left),
+        ("CREATED (UTC)", Align::Left),
+        ("PACKETS", Align::Right),
+        ("LOST", Align::Right),
+        ("JITTER ms", Align::Right),
+        ("END", Align::Left),
+    ]);
+    for s in sessions {
+        let rx = &s["final_stats"]["rx"];
+        t.row(vec![
+            text(&s["id"]),
+            text(&s["tenant"]),
+            text(&s["state"]),
+            text(&s["host"]),
+            utc(s["created_at_ms"].as_u64().unwrap_or(0)),
+            rx["packets"]
+                .as_u64()
+                .map_or_else(|| "-".into(), |v| v.to_string()),
+            rx["lost"]
+                .as_i64()
+                .map_or_else(|| "-".into(), |v| v.to_string()),
+            rx["jitter_ms"]
+                .as_f64()
+                .map_or_else(|| "-".into(), |v| format!("{v:.2}")),
+            text(&s["end_reason"]),
+        ]);
+    }
+    let n = sessions.len();
+    format!("{}{n} session{}\n", t.render(), plural(n))
+}
+
+/// A JSON string as table text; `-` when absent.
+fn text(v: &serde_json::Value) -> String {
+    v.as_str().map_or_else(|| "-".to_owned(), str::to_owned)
+}
+
 /// The server's name from `hello`, or a stand-in when it sent none.
 pub fn server_name(hello: &HelloReply) -> &str {
     if hello.server.is_empty() {

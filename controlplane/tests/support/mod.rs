@@ -40,29 +40,32 @@ fn bin_dir() -> PathBuf {
 pub fn dataplane_bin() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
-        .get_or_init(|| {
-            let dir = bin_dir();
-            let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-            cmd.args([
-                "build",
-                "-q",
-                "-p",
-                "mediagw-dataplane",
-                "--bin",
-                "mediagw-dataplane",
-            ]);
-            if dir.ends_with("release") {
-                cmd.arg("--release");
-            }
-            let out = cmd.output().expect("run cargo build");
-            assert!(
-                out.status.success(),
-                "building mediagw-dataplane failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            dir.join("mediagw-dataplane")
-        })
+        .get_or_init(|| workspace_bin("mediagw-dataplane", "mediagw-dataplane"))
         .clone()
+}
+
+/// The operator CLI of this build.
+pub fn mediagwctl_bin() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| workspace_bin("mediagw-tools", "mediagwctl"))
+        .clone()
+}
+
+fn workspace_bin(package: &str, bin: &str) -> PathBuf {
+    let dir = bin_dir();
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(["build", "-q", "-p", package, "--bin", bin]);
+    if dir.ends_with("release") {
+        cmd.arg("--release");
+    }
+    let out = cmd.output().expect("run cargo build");
+    assert!(
+        out.status.success(),
+        "building {bin} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir.join(bin)
 }
 
 /// A free TCP port on loopback (bound then released).
@@ -375,6 +378,26 @@ media_wait_ms = 15000
             .as_array()
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// Runs `mediagwctl ARGS` against this world; its stdout.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let out = Command::new(mediagwctl_bin())
+            .arg("--controlplane")
+            .arg(format!("http://{}", self.http))
+            .arg("--socket")
+            .arg(&self.control_socket)
+            .args(args)
+            .env_remove("MEDIAGW_CONTROLPLANE")
+            .env_remove("MEDIAGW_CONTROL_SOCKET")
+            .output()
+            .expect("run mediagwctl");
+        assert!(
+            out.status.success(),
+            "mediagwctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// One session from the store, whatever its state.
