@@ -26,7 +26,7 @@ async fn websocket_drop_leaves_calls_and_rtp_up() {
     // The call stays in Stasis, bridged, with RTP flowing.
     let during = receive_for(&sink, Duration::from_millis(300)).await;
     assert!(
-        during.len() >= 8,
+        during.len() >= 5,
         "only {} packets while the app was away",
         during.len()
     );
@@ -120,7 +120,7 @@ async fn offline_cuts_connections_but_not_calls() {
     );
     let during = receive_for(&sink, Duration::from_millis(300)).await;
     assert!(
-        during.len() >= 8,
+        during.len() >= 5,
         "RTP goes on while offline: {}",
         during.len()
     );

@@ -607,7 +607,7 @@ impl Pbx {
         }
         if !self.app_active(app) {
             self.set_var_emit(id, "STASISSTATUS", "FAILED", now);
-            self.destroy_channel(id, 16, now);
+            self.destroy_with_peer(id, 16, now);
             return Err(DoubleError::AppNotRegistered(app.to_owned()));
         }
         self.set_var_emit(id, "STASISSTATUS", "", now);
@@ -738,7 +738,12 @@ impl Pbx {
             self.leave_bridge(id, now);
         }
         self.leave_stasis(id, now);
-        let peer = self.channels[id].local_peer.clone();
+        self.destroy_with_peer(id, cause, now);
+    }
+
+    /// Destroys the channel; the other half of a Local pair hangs up too.
+    fn destroy_with_peer(&mut self, id: &ChannelId, cause: u16, now: Now) {
+        let peer = self.chan(id).and_then(|c| c.local_peer.clone());
         self.destroy_channel(id, cause, now);
         if let Some(peer) = peer
             && self.channels.contains_key(&peer)
@@ -913,6 +918,7 @@ impl Pbx {
             }
         }
         let apps = self.channels[id].apps();
+        // join_bridge is only called with a bridge found by find_bridge.
         let bridge = self
             .bridges
             .get_mut(bridge_id)
@@ -1030,7 +1036,7 @@ impl Pbx {
             self.leave_bridge(&cid, now);
         }
         self.leave_stasis(&cid, now);
-        self.destroy_channel(&cid, 16, now);
+        self.destroy_with_peer(&cid, 16, now);
         Ok(Reply::NoContent)
     }
 
@@ -1776,6 +1782,7 @@ impl Pbx {
         }
         let idx = self.new_chan_idx();
         let recorder = format!("Recorder/ARI-{idx:08x};2");
+        // bid comes from find_bridge above, under the same &mut self.
         let bridge = self.bridges.get_mut(&bid).expect("bridge looked up before");
         bridge.recording = Some((p.name.clone(), recorder));
         let apps = bridge.apps.clone();
@@ -2230,32 +2237,40 @@ impl AmiEvent {
         AmiEvent(format!("Event: {name}\r\n"))
     }
 
-    pub(crate) fn kv(mut self, k: &str, v: &str) -> Self {
+    pub(crate) fn kv(self, k: &str, v: &str) -> Self {
+        self.pkv("", k, v)
+    }
+
+    /// `<prefix><key>: <value>`; CR and LF in values become spaces so that
+    /// a value can never end the message.
+    fn pkv(mut self, prefix: &str, k: &str, v: &str) -> Self {
+        self.0.push_str(prefix);
         self.0.push_str(k);
         self.0.push_str(": ");
-        for c in v.chars() {
-            self.0.push(if c == '\r' || c == '\n' { ' ' } else { c });
+        if v.as_bytes().contains(&b'\r') || v.as_bytes().contains(&b'\n') {
+            self.0.push_str(&v.replace(['\r', '\n'], " "));
+        } else {
+            self.0.push_str(v);
         }
         self.0.push_str("\r\n");
         self
     }
 
-    fn chan(self, prefix: &str, c: &Channel) -> Self {
-        let p = |k: &str| format!("{prefix}{k}");
-        self.kv(&p("Channel"), &c.name)
-            .kv(&p("ChannelState"), &c.state.ami_number().to_string())
-            .kv(&p("ChannelStateDesc"), c.state.ami_name())
-            .kv(&p("CallerIDNum"), or_unknown(&c.caller.number))
-            .kv(&p("CallerIDName"), or_unknown(&c.caller.name))
-            .kv(&p("ConnectedLineNum"), or_unknown(&c.connected.number))
-            .kv(&p("ConnectedLineName"), or_unknown(&c.connected.name))
-            .kv(&p("Language"), "en")
-            .kv(&p("AccountCode"), "")
-            .kv(&p("Context"), &c.dialplan.context)
-            .kv(&p("Exten"), &c.dialplan.exten)
-            .kv(&p("Priority"), &c.dialplan.priority.to_string())
-            .kv(&p("Uniqueid"), c.id.as_str())
-            .kv(&p("Linkedid"), c.linkedid.as_str())
+    fn chan(self, p: &str, c: &Channel) -> Self {
+        self.pkv(p, "Channel", &c.name)
+            .pkv(p, "ChannelState", &c.state.ami_number().to_string())
+            .pkv(p, "ChannelStateDesc", c.state.ami_name())
+            .pkv(p, "CallerIDNum", or_unknown(&c.caller.number))
+            .pkv(p, "CallerIDName", or_unknown(&c.caller.name))
+            .pkv(p, "ConnectedLineNum", or_unknown(&c.connected.number))
+            .pkv(p, "ConnectedLineName", or_unknown(&c.connected.name))
+            .pkv(p, "Language", "en")
+            .pkv(p, "AccountCode", "")
+            .pkv(p, "Context", &c.dialplan.context)
+            .pkv(p, "Exten", &c.dialplan.exten)
+            .pkv(p, "Priority", &c.dialplan.priority.to_string())
+            .pkv(p, "Uniqueid", c.id.as_str())
+            .pkv(p, "Linkedid", c.linkedid.as_str())
     }
 
     fn bridge(self, b: &Bridge) -> Self {
@@ -2458,6 +2473,40 @@ mod tests {
         let out: Vec<Out> = p.drain().collect();
         assert!(ari_types(&out).is_empty());
         assert_eq!(ami_types(&out).last().map(String::as_str), Some("Hangup"));
+    }
+
+    #[test]
+    fn local_pairs_hang_up_together() {
+        let mut p = pbx();
+        let o = Originate {
+            endpoint: "Local/s@tone-source".into(),
+            app: "ai-gw".into(),
+            app_args: "probe,ari-originate".into(),
+            caller_id: "Probe <1000>".into(),
+            ..Originate::default()
+        };
+        let Reply::Json(j) = p.originate(o.clone(), now()).expect("originate") else {
+            panic!("json")
+        };
+        let v: serde_json::Value = serde_json::from_str(&j).expect("json");
+        assert_eq!(v["name"].as_str().map(|n| n.ends_with(";1")), Some(true));
+        assert_eq!(v["caller"]["name"], "Probe");
+        let snaps = p.channel_snapshots();
+        assert_eq!(snaps.len(), 2);
+        assert_eq!(snaps[0].stasis_args, ["probe", "ari-originate"]);
+        assert_eq!(snaps[0].state, ChannelState::Up);
+        p.hangup_request(v["id"].as_str().expect("id"), "", "", now())
+            .expect("hangup");
+        assert!(p.channel_snapshots().is_empty(), "the ;2 half went with it");
+        p.deactivate_app("ai-gw");
+        assert!(
+            p.originate(o, now()).is_ok(),
+            "REST answers before Stasis runs"
+        );
+        assert!(
+            p.channel_snapshots().is_empty(),
+            "no orphan half when Stasis fails"
+        );
     }
 
     #[test]

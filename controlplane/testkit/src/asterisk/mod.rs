@@ -10,7 +10,7 @@
 //!                                   rtp.rs: one socket per UnicastRTP channel, one pacer for all
 //! ```
 //!
-//! Everything Asterisk decides lives in the sans-IO [`core`] module (fed an
+//! Everything Asterisk decides lives in the sans-IO `core` module (fed an
 //! explicit `now`); this module and `ami`, `ari`, `net`, `rtp` are the
 //! drivers that own sockets and read the clock.
 //!

@@ -41,9 +41,10 @@ pub const PTIME: Duration = Duration::from_millis(20);
 /// pacer tick adds up to [`PACER_TICK`].
 const FIRST_PACKET_DELAY: Duration = Duration::from_millis(14);
 
-/// At most this many overdue packets are sent back to back when the pacer
-/// was held up; beyond that it skips ahead (timestamps jump, marker set).
-const MAX_CATCH_UP: u32 = 10;
+/// At most this many overdue packets (one second) are sent back to back
+/// when the pacer was held up, so a loaded test machine loses no audio;
+/// beyond that it skips ahead (timestamps jump, marker set).
+const MAX_CATCH_UP: u32 = 50;
 
 /// Peak amplitude of the generated tone (about -13 dBFS, close to what
 /// `Playtones(440)` gave in the recordings: peak 7164).
@@ -600,8 +601,14 @@ impl RtpHub {
         let std_socket = match &self.ports {
             None => StdUdpSocket::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))?,
             Some(range) => {
-                let first = u32::from(*range.start() + (*range.start() & 1));
-                let count = (u32::from(*range.end()).saturating_sub(first)) / 2 + 1;
+                // Even ports only, as Asterisk (RTCP would take the odd one).
+                let first = u32::from(*range.start()) + u32::from(*range.start() & 1);
+                let end = u32::from(*range.end());
+                let count = if first > end {
+                    0
+                } else {
+                    (end - first) / 2 + 1
+                };
                 let mut bound = None;
                 for i in 0..count {
                     let port = first + 2 * ((inner.port_cursor.wrapping_add(i)) % count);
@@ -1001,6 +1008,22 @@ mod tests {
         );
         assert_eq!(rx.payload.len(), 320, "payload capture is bounded");
         assert_eq!(&rx.payload[..160], &pkts[0][12..]);
+    }
+
+    #[tokio::test]
+    async fn port_ranges_without_an_even_port_fail_cleanly() {
+        let shutdown = CancellationToken::new();
+        let hub = RtpHub::spawn(
+            Some(65535..=65535),
+            Duration::from_secs(1),
+            shutdown.clone(),
+        );
+        let remote: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+        let e = hub
+            .open(&ChannelId::new("1.1"), MediaFormat::Ulaw, remote)
+            .expect_err("no even port");
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
+        shutdown.cancel();
     }
 
     #[test]
