@@ -458,12 +458,14 @@ impl Dispatcher {
         }
     }
 
-    /// The tenant variable as AMI saw it set (`VarSet` before `Stasis()`),
-    /// so routing need not ask ARI for it.
+    /// The tenant variable as AMI saw it set (`VarSet` runs in the dialplan
+    /// before `Stasis()`), so routing need not ask ARI for it. Only a
+    /// variable seen counts: AMI and ARI are two connections, and AMI's
+    /// `VarSet` may still be on its way when `StasisStart` arrives, so an
+    /// unseen variable is asked of ARI.
     fn ami_variables(&self, channel: &str) -> Option<std::collections::BTreeMap<String, String>> {
         let var = self.ctx.rules.variable()?;
-        let ch = self.tracker.channel(channel)?;
-        let value = ch.variable(var)?;
+        let value = self.tracker.channel(channel)?.variable(var)?;
         Some([(var.to_owned(), value.to_owned())].into_iter().collect())
     }
 
