@@ -25,7 +25,7 @@ use crate::tenant::{RoutingConfig, TenantConfig, TenantRules};
 pub const ENV_PREFIX: &str = "MEDIAGW_CP_";
 
 /// The whole configuration.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// The process itself.
@@ -46,6 +46,40 @@ pub struct Config {
     pub tenants: Vec<TenantConfig>,
     /// Demo calls without Asterisk.
     pub demo: DemoConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            controlplane: ControlplaneSection::default(),
+            dataplane: DataplaneConfig::default(),
+            ami: AmiConfig {
+                // What the channel tracker uses: Asterisk filters the rest
+                // out before sending (a busy PBX sends dozens of events per
+                // call, most of them of no use here).
+                events: [
+                    "FullyBooted",
+                    "Newchannel",
+                    "Newstate",
+                    "VarSet",
+                    "DialBegin",
+                    "DialEnd",
+                    "Hangup",
+                    "BridgeEnter",
+                    "BridgeLeave",
+                ]
+                .map(str::to_owned)
+                .to_vec(),
+                ..AmiConfig::default()
+            },
+            ari: AriConfig::default(),
+            sessions: SessionConfig::default(),
+            calls: CallConfig::default(),
+            routing: RoutingConfig::default(),
+            tenants: Vec::new(),
+            demo: DemoConfig::default(),
+        }
+    }
 }
 
 /// `[controlplane]`

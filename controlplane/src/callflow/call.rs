@@ -14,8 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mediagw_shared::control::{
-    EndpointCreate, EndpointCreated, EndpointDestroy, EndpointStats, EndpointStatsQuery,
-    Event as DpEvent,
+    EndpointCreate, EndpointCreated, EndpointDestroy, EndpointStatsQuery, Event as DpEvent,
 };
 use mediagw_shared::ids::{EndpointId, SessionId, TenantId};
 use serde::Serialize;
@@ -158,7 +157,7 @@ pub(crate) async fn run_new(
         reattached: 0,
         started: begun,
     };
-    tracing::info!(
+    tracing::debug!(
         session = %call.session.id,
         tenant = %policy.tenant,
         by = policy.matched_by,
@@ -196,6 +195,8 @@ pub(crate) async fn run_new(
             ctx.metrics.setup(policy.tenant.as_str(), Outcome::Ok);
             tracing::info!(
                 session = %call.session.id,
+                tenant = %policy.tenant,
+                by = policy.matched_by,
                 setup_ms = took.as_secs_f64() * 1000.0,
                 endpoint = ?call.endpoint.map(|e| e.0.to_string()),
                 "call bridged; audio flows through the dataplane"
@@ -676,9 +677,8 @@ impl Call {
             }
         };
         let (stats, (), ()) = tokio::join!(destroy_endpoint, hangup_media, destroy_bridge);
-        if let Some(stats) = stats {
-            log_final(&self.session.id, &stats);
-            self.session.final_stats = serde_json::to_value(&stats).ok();
+        if let Some(stats) = &stats {
+            self.session.final_stats = serde_json::to_value(stats).ok();
         }
         let from = self.session.state();
         let _ = self.session.finish(outcome, reason.clone(), now_ms());
@@ -694,10 +694,16 @@ impl Call {
         for w in self.hangup_waiters.drain(..) {
             let _ = w.send(Ok(()));
         }
+        let rx = stats.as_ref().map(|s| &s.rx);
         tracing::info!(
             session = %self.session.id,
+            tenant = %self.session.tenant,
             state = %self.session.state(),
             reason,
+            packets = rx.map(|r| r.packets),
+            lost = rx.map(|r| r.lost),
+            jitter_ms = rx.map(|r| r.jitter_ms),
+            concealed = stats.as_ref().map(|s| s.jitter_buffer.concealed),
             "call ended"
         );
     }
@@ -845,17 +851,6 @@ async fn publish(ctx: &Context, event: SessionEvent) {
     }
 }
 
-fn log_final(session: &SessionId, s: &EndpointStats) {
-    tracing::info!(
-        %session,
-        endpoint = %s.endpoint,
-        packets = s.rx.packets,
-        lost = s.rx.lost,
-        jitter_ms = s.rx.jitter_ms,
-        concealed = s.jitter_buffer.concealed,
-        "final RTP statistics"
-    );
-}
 
 #[allow(clippy::disallowed_methods)] // a driver: setup latency and retries
 fn now_instant() -> Instant {
