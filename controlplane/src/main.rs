@@ -36,8 +36,8 @@ struct Args {
     /// The TOML configuration file (defaults apply without one).
     #[arg(short, long, env = "MEDIAGW_CP_CONFIG")]
     config: Option<PathBuf>,
-    /// Validate the configuration, print it as JSON (secrets as given, so
-    /// prefer secret files) and exit.
+    /// Validate the configuration, print it as JSON (inline secrets as ***)
+    /// and exit.
     #[arg(long)]
     check: bool,
     /// Log as JSON lines instead of human text.
@@ -66,7 +66,13 @@ fn main() -> ExitCode {
         }
     };
     if args.check {
-        match serde_json::to_string_pretty(&cfg) {
+        let mut shown = serde_json::to_value(&cfg).unwrap_or_default();
+        for (section, key) in [("ami", "secret"), ("ari", "password"), ("sessions", "redis_password")] {
+            if let Some(v) = shown[section][key].get_mut("value") {
+                *v = serde_json::Value::from("***");
+            }
+        }
+        match serde_json::to_string_pretty(&shown) {
             Ok(s) => println!("{s}"),
             Err(e) => eprintln!("mediagw-controlplane: cannot print the configuration: {e}"),
         }
