@@ -67,7 +67,11 @@ fn main() -> ExitCode {
     };
     if args.check {
         let mut shown = serde_json::to_value(&cfg).unwrap_or_default();
-        for (section, key) in [("ami", "secret"), ("ari", "password"), ("sessions", "redis_password")] {
+        for (section, key) in [
+            ("ami", "secret"),
+            ("ari", "password"),
+            ("sessions", "redis_password"),
+        ] {
             if let Some(v) = shown[section][key].get_mut("value") {
                 *v = serde_json::Value::from("***");
             }

@@ -851,7 +851,6 @@ async fn publish(ctx: &Context, event: SessionEvent) {
     }
 }
 
-
 #[allow(clippy::disallowed_methods)] // a driver: setup latency and retries
 fn now_instant() -> Instant {
     Instant::now()
