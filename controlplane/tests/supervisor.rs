@@ -50,7 +50,7 @@ fn mediagw_runs_both_daemons_with_demo_calls_restarts_and_stops_cleanly() {
         )
         .env("MEDIAGW_DP_DATAPLANE__WORKERS", "1")
         .env("MEDIAGW_DP_DATAPLANE__PIN_WORKERS", "false")
-        .env("MEDIAGW_DP_PORTS__DEFAULT", "46000-46099")
+        .env("MEDIAGW_DP_PORTS__DEFAULT", "31000-31099")
         .env("MEDIAGW_CP_DEMO__DURATION_S", "2")
         .env("MEDIAGW_CP_DEMO__GAP_S", "1")
         .stdin(Stdio::null())

@@ -26,8 +26,9 @@ use serde_json::Value;
 
 const CTL: &str = env!("CARGO_BIN_EXE_mediagwctl");
 
-/// Ports of this test binary's dataplane, apart from other tests' ranges.
-const PORTS: &str = "47000-47099";
+/// Ports of this test binary's dataplane, apart from other tests' ranges
+/// and below the ephemeral ports (32768 and up) other sockets may take.
+const PORTS: &str = "31500-31599";
 
 /// A dataplane running on a thread of this process, shut down on drop.
 struct InProcess {

@@ -248,7 +248,7 @@ pub(crate) async fn run_adopted(
     let whole = endpoint.is_some() && adopt.media.is_some() && adopt.bridge_ok;
     let tenant = s.tenant.clone();
     let ringing = adopt.ringing;
-    let call = Call {
+    let mut call = Call {
         ctx: ctx.clone(),
         rx,
         caller,
@@ -267,8 +267,15 @@ pub(crate) async fn run_adopted(
         session: s,
     };
     gauge(&ctx, &tenant, 1);
-    if ringing && let Err(e) = ctx.ari.answer(&call.caller).await {
-        tracing::warn!(session = %call.session.id, error = %e, "adopted call not answered");
+    if ringing {
+        match ctx.ari.answer(&call.caller).await {
+            Ok(()) => {
+                let _ = call.session.transition(SessionState::Answered, now_ms());
+            }
+            Err(e) => {
+                tracing::warn!(session = %call.session.id, error = %e, "adopted call not answered");
+            }
+        }
     }
     if whole {
         ctx.metrics.recovered(Recovery::Adopted);
@@ -306,7 +313,13 @@ impl Call {
         if let Ok(c) = &created {
             self.endpoint = Some((c.endpoint, c.local_addr));
         }
-        answered.map_err(Stop::Failed)?;
+        match answered {
+            // The caller's channel is gone: it hung up before the answer.
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(Stop::Gone(format!("caller gone before the answer: {e}")));
+            }
+            other => other.map_err(Stop::Failed)?,
+        };
         created.map_err(Stop::Failed)?;
         self.gone_check()?;
         let now = now_ms();
@@ -605,8 +618,9 @@ impl Call {
     /// externalMedia channel, the bridge if it is gone; the old channel is
     /// hung up.
     async fn reattach(&mut self) -> Result<(), Stop> {
-        let from = self.session.state();
-        if from == SessionState::Active {
+        // From `active` (media lost) or from a setup cut short by a restart
+        // (`new`, `answered`): both go through `media_connecting`.
+        if self.session.state() != SessionState::MediaConnecting {
             let _ = self
                 .session
                 .transition(SessionState::MediaConnecting, now_ms());

@@ -294,3 +294,60 @@ async fn inbound_call_events_on_ami() {
     // ChannelDestroyed after StasisEnd (as recorded).
     assert_eq!(types, ["ChannelHangupRequest", "StasisEnd"]);
 }
+
+#[tokio::test]
+async fn filter_actions_narrow_the_events() {
+    let d = double().await;
+    let _events = Events::connect(&d, APP).await;
+    let (mut ami, _) = Ami::connect(&d).await;
+    ami.login(&d).await;
+    for (id, filter) in [
+        ("f1", "Event: Hangup"),
+        ("f2", "Event: VarSet"),
+        ("f3", "!Variable: STASISSTATUS"),
+    ] {
+        ami.send(&[
+            ("Action", "Filter"),
+            ("Operation", "Add"),
+            ("Filter", filter),
+            ("ActionID", id),
+        ])
+        .await;
+        assert_eq!(
+            ami.message(SOON).await.expect("answer"),
+            format!(
+                "Response: Success\r\nActionID: {id}\r\nMessage: Filter Added Successfully\r\n\r\n"
+            )
+        );
+    }
+    let call = d
+        .inbound_call(InboundCall {
+            variables: vec![("TENANT".into(), "acme".into())],
+            ..InboundCall::default()
+        })
+        .expect("call");
+    d.hangup(&call, 16).expect("hangup");
+    let names: Vec<String> = ami
+        .drain(Duration::from_millis(200))
+        .await
+        .iter()
+        .map(|m| {
+            let h = ami_headers(m);
+            format!("{}:{}", ami_get(&h, "Event"), ami_get(&h, "Variable"))
+        })
+        .collect();
+    // Only whitelisted events, and not the blacklisted VarSet; HangupRequest
+    // passes "Event: Hangup" as Asterisk's regular expression would.
+    assert!(names.contains(&"VarSet:TENANT".to_owned()), "{names:?}");
+    assert!(names.contains(&"Hangup:".to_owned()), "{names:?}");
+    assert!(
+        names
+            .iter()
+            .all(|n| n.starts_with("VarSet:") || n.starts_with("Hangup")),
+        "{names:?}"
+    );
+    assert!(
+        !names.iter().any(|n| n == "VarSet:STASISSTATUS"),
+        "{names:?}"
+    );
+}

@@ -76,12 +76,15 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// Each test its own RTP port range.
-fn port_range() -> (u16, u16) {
+/// Each world its own RTP port ranges, below Linux's ephemeral ports
+/// (32768 and up), where other sockets of the machine cannot take them:
+/// the dataplane's (500 ports) and the double's UnicastRTP ports (400).
+fn port_ranges() -> ((u16, u16), (u16, u16)) {
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    let k = NEXT.fetch_add(1, Ordering::SeqCst);
-    let first = 41_000 + (std::process::id() % 8) as u16 * 2_000 + k * 400;
-    (first, first + 399)
+    let k = NEXT.fetch_add(1, Ordering::SeqCst) % 20;
+    let dp = 22_000 + k * 500;
+    let double = 12_000 + k * 400;
+    ((dp, dp + 499), (double, double + 399))
 }
 
 /// A child process with its logs in the test's directory.
@@ -231,14 +234,17 @@ impl World {
         } else {
             extra_toml
         };
-        let double = AsteriskDouble::start(DoubleConfig::default())
-            .await
-            .expect("start the Asterisk double");
+        let ((first, last), (rtp_first, rtp_last)) = port_ranges();
+        let double = AsteriskDouble::start(DoubleConfig {
+            rtp_ports: Some(rtp_first..=rtp_last),
+            ..DoubleConfig::default()
+        })
+        .await
+        .expect("start the Asterisk double");
         let app = double.app();
         let dir = tempfile::tempdir().expect("temp dir");
         let control_socket = dir.path().join("control.sock");
         let media_socket = dir.path().join("media.sock");
-        let (first, last) = port_range();
         let dp_bin = dataplane_bin();
         let (cs, ms) = (control_socket.clone(), media_socket.clone());
         let mut dataplane = Proc::new("dataplane", dir.path(), move || {
@@ -420,9 +426,16 @@ media_wait_ms = 15000
                 return;
             }
             if Instant::now() >= deadline {
+                let log = self.controlplane.log();
+                let warnings: Vec<&str> = log
+                    .lines()
+                    .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+                    .take(40)
+                    .collect();
                 panic!(
-                    "timed out after {limit:?} waiting for {what}\n--- control plane log ---\n{}\n--- dataplane log ---\n{}",
-                    tail(&self.controlplane.log(), 80),
+                    "timed out after {limit:?} waiting for {what}\n--- control plane warnings ---\n{}\n--- control plane log ---\n{}\n--- dataplane log ---\n{}",
+                    warnings.join("\n"),
+                    tail(&log, 80),
                     tail(&self.dataplane.log(), 40)
                 );
             }

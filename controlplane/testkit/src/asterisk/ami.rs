@@ -184,6 +184,8 @@ async fn session(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
                 tx,
                 authenticated: false,
                 events: false,
+                filters: Vec::new(),
+                blacklist: Vec::new(),
             },
         );
         (id, core.ami_kill.clone())
@@ -305,6 +307,27 @@ fn handle(shared: &Shared, id: u64, a: &Action, local: SocketAddr, peer: SocketA
                 id,
                 response("Success", aid, &[("Events", if on { "On" } else { "Off" })]),
             );
+            After::Continue
+        }
+        "filter" => {
+            // `Operation: Add` (the only one), `Filter: <regex>`, `!` first
+            // for a blacklist entry.
+            let op = a.get("Operation");
+            let filter = a.get("Filter");
+            let answer = if !(op.is_empty() || op.eq_ignore_ascii_case("add")) {
+                response("Error", aid, &[("Message", "Unknown operation")])
+            } else if filter.is_empty() {
+                response("Error", aid, &[("Message", "Filter Not Added")])
+            } else {
+                if let Some(s) = shared.lock().ami.get_mut(&id) {
+                    match filter.strip_prefix('!') {
+                        Some(black) => s.blacklist.push(black.to_owned()),
+                        None => s.filters.push(filter.to_owned()),
+                    }
+                }
+                response("Success", aid, &[("Message", "Filter Added Successfully")])
+            };
+            send(shared, id, answer);
             After::Continue
         }
         "originate" => originate(shared, id, a),
@@ -464,7 +487,7 @@ fn login(shared: &Shared, id: u64, a: &Action, local: SocketAddr, peer: SocketAd
         let tv = ast_timestamp(now.wall);
         let auth = successful_auth(&shared.cfg.ami_user, &tv, local, peer, now);
         let auth: Arc<str> = auth.into();
-        for s in core.ami.values().filter(|s| s.authenticated && s.events) {
+        for s in core.ami.values().filter(|s| s.wants(&auth)) {
             let _ = s.tx.send(auth.clone());
         }
     });

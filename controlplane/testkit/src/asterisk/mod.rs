@@ -380,6 +380,22 @@ struct AmiSession {
     tx: mpsc::UnboundedSender<Arc<str>>,
     authenticated: bool,
     events: bool,
+    /// `Filter` actions: whitelist patterns (an event passes if it contains
+    /// any; none means all) and blacklist ones (`!pattern`).
+    filters: Vec<String>,
+    blacklist: Vec<String>,
+}
+
+impl AmiSession {
+    /// Whether this session receives `text` (Asterisk matches each filter
+    /// as a regular expression against the event text; the double takes
+    /// them as plain substrings, which the patterns clients send are).
+    fn wants(&self, text: &str) -> bool {
+        self.authenticated
+            && self.events
+            && (self.filters.is_empty() || self.filters.iter().any(|f| text.contains(f.as_str())))
+            && !self.blacklist.iter().any(|f| text.contains(f.as_str()))
+    }
 }
 
 /// State behind the one lock: the simulated Asterisk and who listens.
@@ -468,7 +484,7 @@ impl Shared {
                 }
                 Out::Ami(text) => {
                     let text: Arc<str> = text.into();
-                    for s in ami.values().filter(|s| s.authenticated && s.events) {
+                    for s in ami.values().filter(|s| s.wants(&text)) {
                         if s.tx.send(text.clone()).is_ok() {
                             self.counters.ami_events.fetch_add(1, Ordering::Relaxed);
                         }
