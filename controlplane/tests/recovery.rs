@@ -406,3 +406,81 @@ format = "alaw"
     w.until("all ended", SETUP, |w| w.calls().is_empty()).await;
     w.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_asterisk_step_fails_the_call_and_leaves_nothing_behind() {
+    let mut w = World::start(Sessions::Memory).await;
+    w.double.fail_next(
+        "POST",
+        "/channels/externalMedia",
+        500,
+        "Internal Server Error",
+    );
+    let caller = w
+        .double
+        .inbound_call(InboundCall::default())
+        .expect("the call enters Stasis");
+    let s = w.until_session(caller.as_str(), "failed", SETUP).await;
+    let reason = s["end_reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("setup failed") && reason.contains("500"),
+        "{s}"
+    );
+    w.until("caller hung up, endpoint and bridge gone", SETUP, |w| {
+        w.double.channel(&caller).is_none()
+            && w.endpoints().is_empty()
+            && w.double.bridges().is_empty()
+    })
+    .await;
+    let metrics = http(w.http, "GET", "/metrics", None).expect("metrics").1;
+    assert!(
+        metrics.contains("mediagw_call_setups_total{tenant=\"acme\",outcome=\"failed\"} 1"),
+        "{metrics}"
+    );
+    // The next call is fine.
+    let (c, _) = call(&mut w, "601").await;
+    w.double.hangup(&c, 16).expect("hang up");
+    w.until_session(c.as_str(), "ended", SETUP).await;
+    w.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_waits_for_a_dataplane_that_is_down_then_records() {
+    let mut w = World::start_with(
+        Sessions::Memory,
+        r#"
+[routing]
+default_tenant = "acme"
+[[tenants]]
+id = "acme"
+record = true
+"#,
+    )
+    .await;
+    w.dataplane.kill();
+    let caller = w
+        .double
+        .inbound_call(InboundCall::default())
+        .expect("the call enters Stasis");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_ne!(
+        w.session(caller.as_str()).map(|s| s["state"].clone()),
+        Some(Value::from("active"))
+    );
+    w.dataplane.start();
+    let s = w.until_session(caller.as_str(), "active", SETUP).await;
+    audio_flows(&mut w, endpoint_of(&s), "audio once the dataplane is up").await;
+    // The tenant records: a bridge recording named after the session.
+    let name = format!("mediagw-{}", caller.as_str());
+    assert_eq!(s["recording"], name.as_str());
+    let bridge = w
+        .double
+        .bridges()
+        .into_iter()
+        .find(|b| b.channels.contains(&caller))
+        .expect("bridged");
+    assert_eq!(bridge.recording.as_deref(), Some(name.as_str()));
+    w.double.hangup(&caller, 16).expect("hang up");
+    w.until_session(caller.as_str(), "ended", SETUP).await;
+    w.finish().await;
+}
