@@ -7,11 +7,13 @@
 //! the tap ring, notice silence, and send paced audio from the play ring.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use crossbeam_queue::ArrayQueue;
 use mediagw_shared::codec::Codec;
+use mediagw_shared::ids::EndpointId;
 
 use crate::jitter::{Frame, JitterBuffer, JitterConfig, JitterCounters, MAX_FRAME_SAMPLES};
 use crate::ring::{FrameConsumer, FrameProducer};
@@ -186,11 +188,47 @@ pub struct EndpointSnapshot {
     pub rtcp: RtcpSeen,
 }
 
+/// Where the tap tells a worker that an endpoint got audio to play while its
+/// play ring was empty (the worker stops looking at a ring on an underrun).
+/// One per worker; a full queue makes the worker look at every endpoint.
+#[derive(Debug)]
+pub struct PlayNotifier {
+    queue: ArrayQueue<EndpointId>,
+    overflow: AtomicBool,
+}
+
+impl PlayNotifier {
+    /// A notifier holding up to `capacity` pending endpoints.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            queue: ArrayQueue::new(capacity.max(1)),
+            overflow: AtomicBool::new(false),
+        }
+    }
+
+    /// The next endpoint to look at.
+    pub fn pop(&self) -> Option<EndpointId> {
+        self.queue.pop()
+    }
+
+    /// Whether notifications were lost since the last call (then every
+    /// endpoint must be looked at).
+    pub fn take_overflow(&self) -> bool {
+        self.overflow.swap(false, Ordering::Acquire)
+    }
+}
+
 /// Flags the control and tap threads set, that the worker reads.
 #[derive(Debug, Default)]
 pub struct EndpointShared {
     /// Someone on the media socket wants this endpoint's frames.
     pub tapped: AtomicBool,
+    /// Frames to play were queued onto an empty play ring (for the worker's
+    /// full look when notifications overflowed).
+    play_ready: AtomicBool,
+    /// The worker's notifier and this endpoint's id, set by the worker
+    /// that takes the endpoint.
+    notifier: OnceLock<(Arc<PlayNotifier>, EndpointId)>,
     /// Media socket connections subscribed to this endpoint (the tap
     /// thread's count, for statistics).
     pub subscribers: AtomicU32,
@@ -202,6 +240,26 @@ impl EndpointShared {
         self.subscribers
             .store(u32::try_from(n).unwrap_or(u32::MAX), Ordering::Relaxed);
         self.tapped.store(n > 0, Ordering::Relaxed);
+    }
+
+    /// The worker taking the endpoint registers where to be told (once).
+    pub fn set_notifier(&self, notifier: Arc<PlayNotifier>, id: EndpointId) {
+        let _ = self.notifier.set((notifier, id));
+    }
+
+    /// The tap queued frames to play onto an empty play ring.
+    pub fn notify_play(&self) {
+        self.play_ready.store(true, Ordering::Release);
+        if let Some((n, id)) = self.notifier.get()
+            && n.queue.push(*id).is_err()
+        {
+            n.overflow.store(true, Ordering::Release);
+        }
+    }
+
+    /// Takes the play flag (the worker).
+    pub fn take_play_ready(&self) -> bool {
+        self.play_ready.swap(false, Ordering::Acquire)
     }
 }
 
@@ -407,6 +465,26 @@ impl Endpoint {
             .into_iter()
             .flatten()
             .min()
+    }
+
+    /// When the jitter buffer's next frame is due, if it plays.
+    pub fn frame_due(&self) -> Option<Nanos> {
+        self.jb.poll_timeout()
+    }
+
+    /// When the next packet into the call is due, while audio plays.
+    pub fn tx_due(&self) -> Option<Nanos> {
+        self.tx_next_due
+    }
+
+    /// Frames to play are waiting in the play ring.
+    pub fn play_pending(&self) -> bool {
+        !self.play.is_empty()
+    }
+
+    /// The flags shared with the control and tap threads.
+    pub fn shared(&self) -> &Arc<EndpointShared> {
+        &self.shared
     }
 
     /// Runs timers: plays due frames into the tap ring, notices silence.

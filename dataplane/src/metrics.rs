@@ -20,6 +20,54 @@ pub const JITTER_BUCKETS_MS: [f64; 10] =
 /// Upper bounds (µs) of the worker loop time histogram.
 pub const LOOP_BUCKETS_US: [u64; 8] = [50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000];
 
+/// Upper bounds (µs) of the worker latency histograms: receive delay and
+/// playout lateness. Fine around 100 µs and 1-2 ms, where the goals are.
+pub const LATENCY_BUCKETS_US: [u64; 21] = [
+    5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750, 1_000, 1_500, 2_000, 3_000, 5_000, 10_000,
+    20_000, 50_000, 100_000,
+];
+
+/// A latency histogram a worker keeps in plain counters (no atomics on the
+/// per-packet path) and publishes with the rest of its figures.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LatencyCounts {
+    /// Observations per bucket (not cumulative), `+Inf` last.
+    pub buckets: [u64; LATENCY_BUCKETS_US.len() + 1],
+    /// Sum of observations, ns.
+    pub sum_ns: u64,
+    /// Observations.
+    pub count: u64,
+}
+
+impl LatencyCounts {
+    /// Counts one observation of `ns` nanoseconds: a binary search over 21
+    /// bounds and three additions.
+    #[inline]
+    pub fn record(&mut self, ns: u64) {
+        let i = LATENCY_BUCKETS_US.partition_point(|&b| b * 1000 < ns);
+        self.buckets[i] += 1;
+        self.sum_ns = self.sum_ns.wrapping_add(ns);
+        self.count += 1;
+    }
+}
+
+#[derive(Debug, Default)]
+struct LatencyAtomics {
+    buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
+    sum_ns: AtomicU64,
+    count: AtomicU64,
+}
+
+impl LatencyAtomics {
+    fn store(&self, c: &LatencyCounts) {
+        for (a, v) in self.buckets.iter().zip(c.buckets) {
+            a.store(v, Ordering::Relaxed);
+        }
+        self.sum_ns.store(c.sum_ns, Ordering::Relaxed);
+        self.count.store(c.count, Ordering::Relaxed);
+    }
+}
+
 /// One tenant's totals on one worker, as plain numbers.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TenantSlot {
@@ -126,6 +174,11 @@ pub struct WorkerMetrics {
     /// Events the control thread was too slow to take.
     pub events_dropped: AtomicU64,
     loop_buckets: [AtomicU64; LOOP_BUCKETS_US.len() + 1],
+    /// Kernel receive timestamp to the end of the batch that handled the
+    /// datagram.
+    receive_delay: LatencyAtomics,
+    /// A frame's due time to the moment the worker played it out.
+    playout_lateness: LatencyAtomics,
     tenants: Vec<TenantAtomics>,
 }
 
@@ -146,6 +199,8 @@ impl WorkerMetrics {
             send_dropped: AtomicU64::new(0),
             events_dropped: AtomicU64::new(0),
             loop_buckets: Default::default(),
+            receive_delay: LatencyAtomics::default(),
+            playout_lateness: LatencyAtomics::default(),
             tenants: (0..tenants).map(|_| TenantAtomics::default()).collect(),
         }
     }
@@ -165,6 +220,14 @@ impl WorkerMetrics {
             .position(|b| us <= *b)
             .unwrap_or(LOOP_BUCKETS_US.len());
         bump(&self.loop_buckets[i], 1);
+    }
+
+    /// Stores the worker's latency histograms: receive delay (kernel
+    /// timestamp to the end of the datagram's batch) and playout lateness
+    /// (frame due to frame played).
+    pub fn publish_latency(&self, receive_delay: &LatencyCounts, playout_lateness: &LatencyCounts) {
+        self.receive_delay.store(receive_delay);
+        self.playout_lateness.store(playout_lateness);
     }
 
     /// Stores the worker's current totals.
@@ -211,6 +274,13 @@ type Series<T> = (
     &'static str,
     &'static str,
     fn(&T) -> &AtomicU64,
+);
+
+/// A latency histogram of the exposition: name, help and its atomics.
+type LatencySeries = (
+    &'static str,
+    &'static str,
+    fn(&WorkerMetrics) -> &LatencyAtomics,
 );
 
 /// What the exposition needs about each worker.
@@ -448,6 +518,53 @@ pub fn render(tenants: &[String], workers: &[WorkerInfo<'_>], draining: bool) ->
         let _ = writeln!(out, "{name}_count{{worker=\"{}\"}} {count}", w.index);
     }
 
+    let latency: [LatencySeries; 2] = [
+        (
+            "mediagw_worker_receive_delay_seconds",
+            "From a datagram's kernel receive timestamp to the end of the worker batch that handled it.",
+            |m| &m.receive_delay,
+        ),
+        (
+            "mediagw_worker_playout_lateness_seconds",
+            "From a frame's due time (arrival plus jitter buffer delay) to the moment the worker played it.",
+            |m| &m.playout_lateness,
+        ),
+    ];
+    for (name, help, field) in latency {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for w in workers {
+            let h = field(w.metrics);
+            let mut cum = 0;
+            for (b, bound) in LATENCY_BUCKETS_US.iter().enumerate() {
+                cum += load(&h.buckets[b]);
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{worker=\"{}\",le=\"{}\"}} {cum}",
+                    w.index,
+                    *bound as f64 / 1e6
+                );
+            }
+            cum += load(&h.buckets[LATENCY_BUCKETS_US.len()]);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{worker=\"{}\",le=\"+Inf\"}} {cum}",
+                w.index
+            );
+            let _ = writeln!(
+                out,
+                "{name}_sum{{worker=\"{}\"}} {}",
+                w.index,
+                load(&h.sum_ns) as f64 / 1e9
+            );
+            let _ = writeln!(
+                out,
+                "{name}_count{{worker=\"{}\"}} {}",
+                w.index,
+                load(&h.count)
+            );
+        }
+    }
+
     let _ = writeln!(
         out,
         "# HELP mediagw_io_uring Whether workers use io_uring (1) or the epoll fallback (0).\n# TYPE mediagw_io_uring gauge"
@@ -488,6 +605,12 @@ mod tests {
         t[1].observe_jitter(700.0);
         m.publish(&t, 1, &Counters::default());
         m.record_loop(Nanos(0), Nanos(2_000_000), Duration::from_millis(4));
+        let mut rx = LatencyCounts::default();
+        rx.record(4_000); // 4 µs
+        rx.record(5_000); // exactly 5 µs: the 5 µs bucket
+        rx.record(5_001);
+        rx.record(200_000_000); // 200 ms: +Inf
+        m.publish_latency(&rx, &LatencyCounts::default());
         let text = render(
             &["a".into(), "b\"x".into()],
             &[WorkerInfo {
@@ -506,6 +629,24 @@ mod tests {
         assert!(text.contains("mediagw_stream_jitter_ms_bucket{tenant=\"b\\\"x\",le=\"+Inf\"} 2"));
         assert!(text.contains("mediagw_worker_loop_seconds_bucket{worker=\"0\",le=\"0.0025\"} 1"));
         assert!(text.contains("mediagw_io_uring{worker=\"0\"} 1"));
+        assert!(text.contains(
+            "mediagw_worker_receive_delay_seconds_bucket{worker=\"0\",le=\"0.000005\"} 2"
+        ));
+        assert!(text.contains(
+            "mediagw_worker_receive_delay_seconds_bucket{worker=\"0\",le=\"0.00001\"} 3"
+        ));
+        assert!(
+            text.contains("mediagw_worker_receive_delay_seconds_bucket{worker=\"0\",le=\"0.1\"} 3")
+        );
+        assert!(
+            text.contains(
+                "mediagw_worker_receive_delay_seconds_bucket{worker=\"0\",le=\"+Inf\"} 4"
+            )
+        );
+        assert!(text.contains("mediagw_worker_receive_delay_seconds_count{worker=\"0\"} 4"));
+        assert!(text.contains(
+            "mediagw_worker_playout_lateness_seconds_bucket{worker=\"0\",le=\"+Inf\"} 0"
+        ));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, v) = line.rsplit_once(' ').unwrap();
             assert!(v.parse::<f64>().is_ok(), "{line}");

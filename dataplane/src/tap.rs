@@ -133,6 +133,17 @@ impl Tap {
     }
 }
 
+/// Queues a frame to play; onto an empty ring, tells the worker (which may
+/// have stopped pacing on an underrun and no longer looks at the ring).
+fn push_play(ep: &mut TapEndpoint, frame: &Frame) -> Result<(), crate::ring::Overflow> {
+    let was_empty = ep.play.is_empty();
+    ep.play.push(frame)?;
+    if was_empty {
+        ep.shared.notify_play();
+    }
+    Ok(())
+}
+
 struct TapEntry {
     ep: TapEndpoint,
     subscribers: Vec<u64>,
@@ -243,7 +254,7 @@ impl TapState {
         if let Some((id, frame)) = self.conns[i].stash.take()
             && let Some(e) = self.endpoints.get_mut(&id)
         {
-            if e.ep.play.push(&frame).is_err() {
+            if push_play(&mut e.ep, &frame).is_err() {
                 self.conns[i].stash = Some((id, frame));
                 return;
             }
@@ -337,7 +348,7 @@ impl TapState {
                             let n = p.samples.copy_to(&mut frame.samples[..MAX_FRAME_SAMPLES]);
                             frame.len = n as u16;
                             frame.seq = p.seq;
-                            if e.ep.play.push(&frame).is_err() {
+                            if push_play(&mut e.ep, &frame).is_err() {
                                 c.stash = Some((p.endpoint, frame));
                                 return;
                             }

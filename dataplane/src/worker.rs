@@ -27,15 +27,21 @@ use crossbeam_queue::ArrayQueue;
 use mediagw_shared::ids::EndpointId;
 use tokio::sync::oneshot;
 
-use crate::endpoint::{Endpoint, EndpointEvent, EndpointSnapshot, MAX_PACKET_SAMPLES, RxState};
-use crate::metrics::{TenantSlot, WorkerMetrics};
+use crate::endpoint::{
+    Endpoint, EndpointEvent, EndpointSnapshot, MAX_PACKET_SAMPLES, PlayNotifier, RxState,
+};
+use crate::metrics::{LatencyCounts, TenantSlot, WorkerMetrics};
 use crate::net::{
     Engine, EngineConfig, EngineKind, FallbackReason, Token, monotonic_now, new_engine,
 };
 use crate::units::Nanos;
+use wheel::Wheel;
 
 /// How often a worker publishes its counters.
 const PUBLISH_EVERY: Duration = Duration::from_millis(250);
+/// Arrival times a worker keeps per poll to measure receive delay; a
+/// bigger batch measures its first this-many datagrams.
+const MEASURED_PER_POLL: usize = 16_384;
 
 /// An endpoint handed to a worker.
 #[derive(Debug)]
@@ -164,6 +170,12 @@ pub fn spawn(
                 scratch: Box::new([0; MAX_PACKET_SAMPLES]),
                 out: Box::new([0; 1536]),
                 retired: vec![TenantSlot::default(); tenants],
+                arrivals: Vec::with_capacity(MEASURED_PER_POLL),
+                receive_delay: LatencyCounts::default(),
+                playout_lateness: LatencyCounts::default(),
+                wheel: Wheel::new(tick, monotonic_now()),
+                expired: Vec::new(),
+                plays: Arc::new(PlayNotifier::new(4096)),
             }
             .run();
         })?;
@@ -190,7 +202,6 @@ struct Slot {
     tenant: usize,
     endpoint: Endpoint,
     has_rtcp: bool,
-    next_due: Option<Nanos>,
 }
 
 struct Worker {
@@ -207,6 +218,20 @@ struct Worker {
     /// Counters of endpoints already removed, per tenant, so published
     /// totals never go backwards.
     retired: Vec<TenantSlot>,
+    /// Kernel receive times of this poll's datagrams (capacity fixed at
+    /// start: never grows).
+    arrivals: Vec<Nanos>,
+    /// Kernel receive time to the end of the datagram's batch.
+    receive_delay: LatencyCounts,
+    /// Frame due time to the moment it was played.
+    playout_lateness: LatencyCounts,
+    /// Every endpoint's next timer, by slot.
+    wheel: Wheel,
+    /// Slots whose timer expired this loop (capacity: one per slot, grown
+    /// when a slot is added, never on the per-packet path).
+    expired: Vec<u32>,
+    /// Endpoints the tap gave audio to play.
+    plays: Arc<PlayNotifier>,
 }
 
 fn rtp_token(slot: usize) -> Token {
@@ -231,9 +256,15 @@ impl Worker {
                 scratch,
                 events,
                 metrics,
+                arrivals,
+                wheel,
                 ..
             } = &mut self;
+            arrivals.clear();
             let polled = engine.poll(timeout, |token, src, arrival, buf| {
+                if arrivals.len() < arrivals.capacity() {
+                    arrivals.push(arrival);
+                }
                 let index = (token.0 >> 1) as usize;
                 let Some(Some(slot)) = slots.get_mut(index) else {
                     return;
@@ -242,7 +273,16 @@ impl Worker {
                     slot.endpoint.handle_rtcp(buf);
                     None
                 } else {
-                    slot.endpoint.handle_datagram(src, arrival, buf, scratch).0
+                    let event = slot.endpoint.handle_datagram(src, arrival, buf, scratch).0;
+                    // A packet moves timers later (silence), except the
+                    // first one and a resync, which start the play-out
+                    // clock: bring the wheel entry forward only then.
+                    if let Some(due) = slot.endpoint.poll_timeout()
+                        && wheel.due(index).is_none_or(|w| due < w)
+                    {
+                        wheel.set(index, Some(due));
+                    }
+                    event
                 };
                 if let Some(event) = event {
                     push_event(events, metrics, slot.id, event, arrival);
@@ -255,7 +295,18 @@ impl Worker {
                 std::thread::sleep(Duration::from_millis(10));
             }
             let now = monotonic_now();
+            for a in &self.arrivals {
+                self.receive_delay.record(now.0.saturating_sub(a.0));
+            }
             stopping = self.run_commands(now);
+            while let Some(id) = self.plays.pop() {
+                if let Some(&index) = self.by_id.get(&id) {
+                    self.start_playing(index, now);
+                }
+            }
+            if self.plays.take_overflow() {
+                self.start_playing_all(now);
+            }
             self.run_timers(now);
             if let Err(e) = self.engine.flush() {
                 eprintln!("mediagw worker: engine flush failed: {e}");
@@ -263,6 +314,8 @@ impl Worker {
             let done = monotonic_now();
             self.metrics.record_loop(started, done, budget);
             if done >= next_publish {
+                // A backstop for a lost notification: every play ring.
+                self.start_playing_all(done);
                 self.publish();
                 next_publish = done + PUBLISH_EVERY;
             }
@@ -274,15 +327,16 @@ impl Worker {
         self.publish();
     }
 
-    /// Sleep until the earliest endpoint timer, at most one tick.
+    /// Sleep until the next tick boundary (ticks aligned on the clock), at
+    /// most one tick: timers due meanwhile wait for it, so a wakeup serves
+    /// every frame due in a tick rather than one frame (packets arriving
+    /// end the wait earlier anyway).
     fn timeout(&self, now: Nanos) -> Duration {
-        let mut t = self.tick;
-        for s in self.slots.iter().flatten() {
-            if let Some(due) = s.next_due {
-                t = t.min(due.saturating_since(now));
-            }
-        }
-        t
+        let tick = self.tick.as_nanos().max(1) as u64;
+        let left = tick - now.0 % tick;
+        // Too close to the boundary to be worth a sleep of its own: take
+        // the next one.
+        Duration::from_nanos(if left < tick / 8 { left + tick } else { left })
     }
 
     fn run_commands(&mut self, now: Nanos) -> bool {
@@ -321,6 +375,11 @@ impl Worker {
             self.slots.push(None);
             self.slots.len() - 1
         });
+        // Room for every slot's timer, grown here (control path), never
+        // while handling packets.
+        self.wheel.ensure(self.slots.len());
+        self.expired
+            .reserve(self.slots.len().saturating_sub(self.expired.len()));
         if let Err(e) = self.engine.add_socket(rtp_token(index), p.rtp) {
             self.free.push(index);
             return Err(format!("cannot receive on the RTP socket: {e}"));
@@ -333,14 +392,14 @@ impl Worker {
             self.free.push(index);
             return Err(format!("cannot receive on the RTCP socket: {e}"));
         }
-        let mut slot = Slot {
+        p.endpoint.shared().set_notifier(self.plays.clone(), p.id);
+        let slot = Slot {
             id: p.id,
             tenant: p.tenant,
             endpoint: p.endpoint,
             has_rtcp,
-            next_due: None,
         };
-        slot.next_due = slot.endpoint.poll_timeout();
+        self.wheel.set(index, slot.endpoint.poll_timeout());
         let _ = now;
         self.slots[index] = Some(slot);
         self.by_id.insert(p.id, index);
@@ -350,6 +409,7 @@ impl Worker {
 
     fn remove_slot(&mut self, index: usize, now: Nanos) -> Option<EndpointSnapshot> {
         let mut slot = self.slots.get_mut(index)?.take()?;
+        self.wheel.set(index, None);
         // Play out what is due, so final figures include it.
         slot.endpoint.handle_timeout(now);
         self.engine.remove_socket(rtp_token(index));
@@ -366,6 +426,8 @@ impl Worker {
         Some(snap)
     }
 
+    /// Runs the timers of the endpoints due by `now` (and only those): due
+    /// frames onto the tap ring, silence, paced audio into the call.
     fn run_timers(&mut self, now: Nanos) {
         let Self {
             engine,
@@ -373,24 +435,64 @@ impl Worker {
             events,
             metrics,
             out,
+            playout_lateness,
+            wheel,
+            expired,
             ..
         } = self;
-        for (index, s) in slots.iter_mut().enumerate() {
-            let Some(s) = s else { continue };
-            if s.next_due.is_some_and(|due| due <= now)
-                && let Some(event) = s.endpoint.handle_timeout(now)
+        expired.clear();
+        wheel.expire(now, expired);
+        for &index in expired.iter() {
+            let index = index as usize;
+            let Some(Some(s)) = slots.get_mut(index) else {
+                continue;
+            };
+            if let Some(due) = s.endpoint.frame_due()
+                && due <= now
             {
+                playout_lateness.record(now.0 - due.0);
+            }
+            if let Some(event) = s.endpoint.handle_timeout(now) {
                 push_event(events, metrics, s.id, event, now);
             }
-            while let Some((dest, len)) = s.endpoint.poll_transmit(now, &mut out[..]) {
-                if engine
-                    .queue_send(rtp_token(index), dest, &out[..len])
-                    .is_err()
-                {
-                    metrics.send_dropped.fetch_add(1, Ordering::Relaxed);
-                }
+            if s.endpoint.tx_due().is_some_and(|due| due <= now) {
+                transmit(engine, metrics, index, &mut s.endpoint, now, out);
             }
-            s.next_due = s.endpoint.poll_timeout();
+            wheel.set(index, s.endpoint.poll_timeout());
+        }
+    }
+
+    /// Starts pacing audio on an endpoint whose play ring got frames while
+    /// it had no send timer (the tap told us).
+    fn start_playing(&mut self, index: usize, now: Nanos) {
+        let Self {
+            engine,
+            slots,
+            metrics,
+            out,
+            wheel,
+            ..
+        } = self;
+        let Some(Some(s)) = slots.get_mut(index) else {
+            return;
+        };
+        s.endpoint.shared().take_play_ready();
+        if s.endpoint.tx_due().is_none_or(|due| due <= now) {
+            transmit(engine, metrics, index, &mut s.endpoint, now, out);
+            wheel.set(index, s.endpoint.poll_timeout());
+        }
+    }
+
+    /// [`Self::start_playing`] for every endpoint with frames waiting and no
+    /// send timer (notifications were lost, or as a periodic backstop).
+    fn start_playing_all(&mut self, now: Nanos) {
+        for index in 0..self.slots.len() {
+            let waiting = self.slots[index]
+                .as_ref()
+                .is_some_and(|s| s.endpoint.tx_due().is_none() && s.endpoint.play_pending());
+            if waiting {
+                self.start_playing(index, now);
+            }
         }
     }
 
@@ -410,12 +512,33 @@ impl Worker {
         }
         self.metrics
             .publish(&totals, receiving, self.engine.counters());
+        self.metrics
+            .publish_latency(&self.receive_delay, &self.playout_lateness);
         // Histogram observations are per publish, not cumulative state of
         // the endpoints: keep them in `retired` so they accumulate.
         for (r, t) in self.retired.iter_mut().zip(&totals) {
             r.jitter_buckets = t.jitter_buckets;
             r.jitter_sum_ms = t.jitter_sum_ms;
             r.jitter_count = t.jitter_count;
+        }
+    }
+}
+
+/// Sends the endpoint's due audio packets into the call.
+fn transmit(
+    engine: &mut Engine,
+    metrics: &WorkerMetrics,
+    index: usize,
+    endpoint: &mut Endpoint,
+    now: Nanos,
+    out: &mut [u8; 1536],
+) {
+    while let Some((dest, len)) = endpoint.poll_transmit(now, &mut out[..]) {
+        if engine
+            .queue_send(rtp_token(index), dest, &out[..len])
+            .is_err()
+        {
+            metrics.send_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -448,4 +571,235 @@ pub fn total(
         .iter()
         .map(|h| f(&h.metrics).load(Ordering::Relaxed))
         .sum()
+}
+
+/// The worker's endpoint timers: a hashed timer wheel of one-tick buckets
+/// with intrusive doubly linked lists through a node per slot. Setting,
+/// moving and cancelling a timer are O(1) and allocate nothing (nodes grow
+/// with the slot table, on the control path); a loop visits only the
+/// buckets of the ticks that passed, so only endpoints that are due, not
+/// every endpoint.
+///
+/// A timer further out than the wheel's span (1024 ticks) sits in its
+/// bucket and is skipped (left linked) on each turn of the wheel until it
+/// is due. A timer set in the past goes into the current bucket.
+mod wheel {
+    use std::time::Duration;
+
+    use crate::units::Nanos;
+
+    const BUCKETS: usize = 1024;
+    const NIL: u32 = u32::MAX;
+
+    #[derive(Debug, Clone, Copy)]
+    struct Node {
+        prev: u32,
+        next: u32,
+        /// The bucket the node is linked into, NIL when unlinked.
+        bucket: u32,
+        due: u64,
+    }
+
+    const FREE: Node = Node {
+        prev: NIL,
+        next: NIL,
+        bucket: NIL,
+        due: 0,
+    };
+
+    #[derive(Debug)]
+    pub(super) struct Wheel {
+        granularity: u64,
+        heads: Box<[u32]>,
+        nodes: Vec<Node>,
+        /// The tick whose bucket the last expiry walked last.
+        cursor: u64,
+    }
+
+    impl Wheel {
+        /// A wheel of `granularity` ticks, its clock starting at `now`.
+        pub(super) fn new(granularity: Duration, now: Nanos) -> Self {
+            let granularity = (granularity.as_nanos() as u64).max(1);
+            Self {
+                granularity,
+                heads: vec![NIL; BUCKETS].into_boxed_slice(),
+                nodes: Vec::new(),
+                cursor: now.0 / granularity,
+            }
+        }
+
+        /// Room for slots `0..n`.
+        pub(super) fn ensure(&mut self, n: usize) {
+            if self.nodes.len() < n {
+                self.nodes.resize(n, FREE);
+            }
+        }
+
+        /// The timer of slot `i`.
+        pub(super) fn due(&self, i: usize) -> Option<Nanos> {
+            self.nodes
+                .get(i)
+                .filter(|n| n.bucket != NIL)
+                .map(|n| Nanos(n.due))
+        }
+
+        /// Sets (or, with `None`, cancels) slot `i`'s timer. A slot beyond
+        /// [`Wheel::ensure`]'s room is ignored.
+        pub(super) fn set(&mut self, i: usize, due: Option<Nanos>) {
+            if i >= self.nodes.len() {
+                return;
+            }
+            self.unlink(i);
+            let Some(due) = due else { return };
+            let tick = (due.0 / self.granularity).max(self.cursor);
+            let b = (tick % BUCKETS as u64) as usize;
+            let head = self.heads[b];
+            self.nodes[i] = Node {
+                prev: NIL,
+                next: head,
+                bucket: b as u32,
+                due: due.0,
+            };
+            if head != NIL {
+                self.nodes[head as usize].prev = i as u32;
+            }
+            self.heads[b] = i as u32;
+        }
+
+        fn unlink(&mut self, i: usize) {
+            let n = self.nodes[i];
+            if n.bucket == NIL {
+                return;
+            }
+            if n.prev == NIL {
+                self.heads[n.bucket as usize] = n.next;
+            } else {
+                self.nodes[n.prev as usize].next = n.next;
+            }
+            if n.next != NIL {
+                self.nodes[n.next as usize].prev = n.prev;
+            }
+            self.nodes[i] = FREE;
+        }
+
+        /// Unlinks every timer due by `now` and appends its slot to `out`
+        /// (which has room for every slot: see the worker's `expired`).
+        pub(super) fn expire(&mut self, now: Nanos, out: &mut Vec<u32>) {
+            let now_tick = (now.0 / self.granularity).max(self.cursor);
+            let span = now_tick - self.cursor;
+            let (first, count) = if span >= BUCKETS as u64 {
+                (0, BUCKETS as u64)
+            } else {
+                (self.cursor, span + 1)
+            };
+            for t in first..first + count {
+                let b = (t % BUCKETS as u64) as usize;
+                let mut i = self.heads[b];
+                while i != NIL {
+                    let n = self.nodes[i as usize];
+                    if n.due <= now.0 {
+                        self.unlink(i as usize);
+                        out.push(i);
+                    }
+                    i = n.next;
+                }
+            }
+            self.cursor = now_tick;
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use proptest::prelude::*;
+
+        const MS: u64 = 1_000_000;
+
+        fn wheel() -> Wheel {
+            let mut w = Wheel::new(Duration::from_millis(1), Nanos(0));
+            w.ensure(64);
+            w
+        }
+
+        #[test]
+        fn expires_only_what_is_due() {
+            let mut w = wheel();
+            w.set(1, Some(Nanos(5 * MS)));
+            w.set(2, Some(Nanos(5 * MS + 500_000)));
+            w.set(3, Some(Nanos(2_000 * MS))); // past the wheel's span
+            let mut out = Vec::with_capacity(64);
+            w.expire(Nanos(4 * MS), &mut out);
+            assert!(out.is_empty());
+            w.expire(Nanos(5 * MS + 1), &mut out);
+            assert_eq!(out, [1]);
+            assert_eq!(w.due(2), Some(Nanos(5 * MS + 500_000)));
+            out.clear();
+            // A turn of the wheel later, slot 3 is still not due.
+            w.expire(Nanos(1_030 * MS), &mut out);
+            assert_eq!(out, [2]);
+            out.clear();
+            w.expire(Nanos(2_000 * MS), &mut out);
+            assert_eq!(out, [3]);
+            assert_eq!(w.due(3), None);
+        }
+
+        #[test]
+        fn moving_cancelling_and_the_past() {
+            let mut w = wheel();
+            w.set(7, Some(Nanos(10 * MS)));
+            w.set(7, Some(Nanos(3 * MS)));
+            w.set(8, Some(Nanos(3 * MS)));
+            w.set(8, None);
+            let mut out = Vec::with_capacity(64);
+            w.expire(Nanos(20 * MS), &mut out);
+            assert_eq!(out, [7]);
+            out.clear();
+            // Set in the past: due at the next expiry, not a turn later.
+            w.set(9, Some(Nanos(MS)));
+            w.expire(Nanos(20 * MS), &mut out);
+            assert_eq!(out, [9]);
+            // Out of room: ignored, no panic.
+            w.set(1_000, Some(Nanos(0)));
+            assert_eq!(w.due(1_000), None);
+        }
+
+        proptest! {
+            /// Against a plain list: the same slots expire at the same
+            /// expiry, whatever the order of sets, cancels and expiries.
+            #[test]
+            fn matches_a_plain_list(
+                ops in proptest::collection::vec((0usize..32, proptest::option::of(0u64..3_000), 0u64..40), 1..400)
+            ) {
+                let mut w = wheel();
+                let mut model: Vec<Option<u64>> = vec![None; 32];
+                let mut now = 0u64;
+                let mut out = Vec::with_capacity(64);
+                for (slot, due, advance) in ops {
+                    // Timers at or after the current tick (the worker's
+                    // timers are never set far in the past).
+                    let due = due.map(|d| now + d * MS / 10);
+                    w.set(slot, due.map(Nanos));
+                    model[slot] = due;
+                    now += advance * MS / 4;
+                    out.clear();
+                    w.expire(Nanos(now), &mut out);
+                    let mut want: Vec<u32> = model
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, d)| d.is_some_and(|d| d <= now))
+                        .map(|(i, _)| i as u32)
+                        .collect();
+                    for &i in &want {
+                        model[i as usize] = None;
+                    }
+                    out.sort_unstable();
+                    want.sort_unstable();
+                    prop_assert_eq!(&out, &want);
+                    for (i, d) in model.iter().enumerate() {
+                        prop_assert_eq!(w.due(i).map(|n| n.0), *d);
+                    }
+                }
+            }
+        }
+    }
 }
