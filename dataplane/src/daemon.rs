@@ -18,8 +18,8 @@ use mediagw_shared::codec::Codec;
 use mediagw_shared::control::{
     self, Done, EndpointCreate, EndpointCreated, EndpointListing, EndpointState, EndpointStats,
     EndpointSummary, ErrorBody, ErrorCode, Event, Handshake, HelloReply, JitterBufferStats,
-    LineFramer, Op, PROTOCOL_VERSION, Request, RxStats, ServerStatus, TapStats, TxStats,
-    WorkerStatus,
+    LineFramer, Op, PROTOCOL_VERSION, ReceiverReportSummary, Request, RtcpSummary, RxStats,
+    SenderReportSummary, ServerStatus, TapStats, TxStats, WorkerStatus,
 };
 use mediagw_shared::ids::{EndpointId, SessionId, TenantId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -53,6 +53,8 @@ struct Entry {
     worker: usize,
     created_ms: u64,
     shared: Arc<EndpointShared>,
+    /// Opened with an RTCP port.
+    rtcp: bool,
 }
 
 #[derive(Debug)]
@@ -544,6 +546,7 @@ impl Dataplane {
                 worker,
                 created_ms: unix_ms(monotonic_now()),
                 shared: shared.clone(),
+                rtcp: c.rtcp,
             },
         );
         info!(endpoint = %id, tenant = %c.tenant, session = %c.session, codec = %c.codec, local = %advertised, worker, "endpoint created");
@@ -873,8 +876,40 @@ fn stats_of(id: EndpointId, e: &Entry, s: &EndpointSnapshot) -> EndpointStats {
             frames: s.rx.tap_frames,
             overflows: s.rx.tap_overflows,
         },
-        rtcp: None,
+        rtcp: (e.rtcp || s.rtcp.sender_reports + s.rtcp.receiver_reports > 0).then(|| {
+            RtcpSummary {
+                last_sr: s.rtcp.last_sr.map(|sr| SenderReportSummary {
+                    received_at_ms: unix_ms(sr.at),
+                    ssrc: sr.ssrc.0,
+                    ntp_ms: ntp_to_unix_ms(sr.ntp),
+                    rtp_ts: sr.rtp_ts.0,
+                    packets: sr.packets,
+                    octets: sr.octets,
+                }),
+                last_rr: s.rtcp.last_rr.map(|rr| {
+                    let rate = f64::from(e.codec.clock_rate().0);
+                    ReceiverReportSummary {
+                        received_at_ms: unix_ms(rr.at),
+                        ssrc: rr.reporter.0,
+                        fraction_lost: f64::from(rr.block.fraction_lost) / 256.0,
+                        cumulative_lost: rr.block.cumulative_lost,
+                        jitter_ms: f64::from(rr.block.jitter) * 1000.0 / rate,
+                        // RTT needs the time we sent the SR the peer names
+                        // (LSR); the dataplane sends no SR yet.
+                        rtt_ms: None,
+                    }
+                }),
+            }
+        }),
     }
+}
+
+/// An NTP timestamp (seconds since 1900, 32.32 fixed point) as unix ms.
+fn ntp_to_unix_ms(ntp: u64) -> u64 {
+    const NTP_UNIX_OFFSET_S: u64 = 2_208_988_800;
+    let secs = (ntp >> 32).saturating_sub(NTP_UNIX_OFFSET_S);
+    let frac_ms = ((ntp & 0xFFFF_FFFF) * 1000) >> 32;
+    secs * 1000 + frac_ms
 }
 
 fn to_value<T: serde::Serialize>(v: &T) -> serde_json::Value {

@@ -146,7 +146,7 @@ pub struct TxCounters {
     pub frames_dropped: u64,
 }
 
-/// The last RTCP report the peer sent about itself.
+/// What the peer's RTCP said, kept for the control socket.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct RtcpSeen {
     /// Sender reports received.
@@ -155,12 +155,39 @@ pub struct RtcpSeen {
     pub receiver_reports: u64,
     /// BYE received.
     pub byes: u64,
-    /// Packets the peer says it sent (last SR).
-    pub peer_packet_count: u32,
-    /// Fraction lost the peer reports about our stream (last RR block), /256.
-    pub peer_fraction_lost: u8,
-    /// Jitter the peer reports about our stream, timestamp units.
-    pub peer_jitter: u32,
+    /// The peer's last sender report (about what it sends).
+    pub last_sr: Option<SenderReportSeen>,
+    /// The last report block about our stream (what we send into the call),
+    /// from an SR or an RR.
+    pub last_rr: Option<ReportBlockSeen>,
+}
+
+/// A sender report as received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SenderReportSeen {
+    /// When it arrived.
+    pub at: Nanos,
+    /// The sender.
+    pub ssrc: Ssrc,
+    /// Its NTP timestamp (seconds since 1900 in the high 32 bits).
+    pub ntp: u64,
+    /// The RTP timestamp matching it.
+    pub rtp_ts: RtpTimestamp,
+    /// Packets the peer says it sent.
+    pub packets: u32,
+    /// Payload octets the peer says it sent.
+    pub octets: u32,
+}
+
+/// A report block about our stream, as received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReportBlockSeen {
+    /// When it arrived.
+    pub at: Nanos,
+    /// Who reported.
+    pub reporter: Ssrc,
+    /// The block.
+    pub block: rtcp::ReportBlock,
 }
 
 /// Everything about an endpoint, copied out for the control socket.
@@ -348,7 +375,7 @@ impl Endpoint {
         self.rx.datagrams += 1;
         self.rx.bytes += buf.len() as u64;
         if rtp::is_rtcp(buf) {
-            self.handle_rtcp(buf);
+            self.handle_rtcp(buf, arrival);
             return (None, None);
         }
         let pkt = match RtpPacket::parse(buf) {
@@ -418,22 +445,33 @@ impl Endpoint {
     }
 
     /// Handles a datagram on the RTCP port (or RTCP muxed on the RTP port).
-    pub fn handle_rtcp(&mut self, buf: &[u8]) {
+    pub fn handle_rtcp(&mut self, buf: &[u8], arrival: Nanos) {
         self.rx.rtcp_packets += 1;
         for pkt in rtcp::parse_compound(buf) {
             match pkt {
                 Ok(rtcp::RtcpPacket::SenderReport {
+                    ssrc,
+                    ntp_timestamp,
+                    rtp_timestamp,
                     packet_count,
+                    octet_count,
                     reports,
                     ..
                 }) => {
                     self.rtcp.sender_reports += 1;
-                    self.rtcp.peer_packet_count = packet_count;
-                    self.note_blocks(reports);
+                    self.rtcp.last_sr = Some(SenderReportSeen {
+                        at: arrival,
+                        ssrc,
+                        ntp: ntp_timestamp,
+                        rtp_ts: rtp_timestamp,
+                        packets: packet_count,
+                        octets: octet_count,
+                    });
+                    self.note_blocks(ssrc, reports, arrival);
                 }
-                Ok(rtcp::RtcpPacket::ReceiverReport { reports, .. }) => {
+                Ok(rtcp::RtcpPacket::ReceiverReport { ssrc, reports, .. }) => {
                     self.rtcp.receiver_reports += 1;
-                    self.note_blocks(reports);
+                    self.note_blocks(ssrc, reports, arrival);
                 }
                 Ok(rtcp::RtcpPacket::Bye { .. }) => self.rtcp.byes += 1,
                 Ok(_) => {}
@@ -445,13 +483,14 @@ impl Endpoint {
         }
     }
 
-    fn note_blocks(&mut self, blocks: rtcp::ReportBlocks<'_>) {
+    fn note_blocks(&mut self, reporter: Ssrc, blocks: rtcp::ReportBlocks<'_>, at: Nanos) {
         let ours = self.spec.tx_ssrc;
-        for b in blocks {
-            if b.ssrc == ours {
-                self.rtcp.peer_fraction_lost = b.fraction_lost;
-                self.rtcp.peer_jitter = b.jitter;
-            }
+        if let Some(block) = blocks.into_iter().find(|b| b.ssrc == ours) {
+            self.rtcp.last_rr = Some(ReportBlockSeen {
+                at,
+                reporter,
+                block,
+            });
         }
     }
 

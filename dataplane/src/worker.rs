@@ -270,7 +270,7 @@ impl Worker {
                     return;
                 };
                 let event = if token.0 & 1 == 1 {
-                    slot.endpoint.handle_rtcp(buf);
+                    slot.endpoint.handle_rtcp(buf, arrival);
                     None
                 } else {
                     let event = slot.endpoint.handle_datagram(src, arrival, buf, scratch).0;

@@ -11,7 +11,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::io::Read;
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -22,7 +22,9 @@ use common::{
 use mediagw_dataplane::netsim::{Impairment, NetSim, RtpSender};
 use mediagw_dataplane::rtp::{RtpPacket, is_rtcp};
 use mediagw_dataplane::units::{ClockRate, RtpTimestamp, Seq, Ssrc};
-use mediagw_shared::control::{Engine, ErrorCode};
+use mediagw_shared::codec::Codec;
+use mediagw_shared::control::{EndpointCreate, Engine, ErrorCode};
+use mediagw_shared::ids::{SessionId, TenantId};
 use mediagw_shared::media::FrameFlags;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -680,4 +682,102 @@ fn metrics_expose_tenant_counters() {
     );
     let want = "mediagw_io_uring{worker=\"0\"} 1\n";
     assert!(text.contains(want), "no {want:?} in\n{text}");
+}
+
+/// An RTCP sender report with one report block, as a peer would send it.
+fn sender_report(
+    ssrc: u32,
+    ntp: u64,
+    rtp_ts: u32,
+    packets: u32,
+    octets: u32,
+    about: u32,
+) -> Vec<u8> {
+    let mut p = vec![0x81, 200, 0, 12];
+    for w in [
+        ssrc,
+        (ntp >> 32) as u32,
+        ntp as u32,
+        rtp_ts,
+        packets,
+        octets,
+    ] {
+        p.extend_from_slice(&w.to_be_bytes());
+    }
+    // Block about `about`: 25 % lost, 3 cumulative, highest seq, jitter 80
+    // (10 ms at 8 kHz), no LSR.
+    p.extend_from_slice(&about.to_be_bytes());
+    p.extend_from_slice(&[64, 0, 0, 3]);
+    for w in [0x0001_0010u32, 80, 0, 0] {
+        p.extend_from_slice(&w.to_be_bytes());
+    }
+    p
+}
+
+#[test]
+fn rtcp_reports_are_kept_and_shown() {
+    let d = Daemon::start(Setup::new(7));
+    let mut ctl = Control::connect_hello(&d.control_path);
+    let mut create = EndpointCreate::new(
+        TenantId::try_from("acme").expect("tenant"),
+        SessionId::try_from("rtcp-call").expect("session"),
+        Codec::Pcmu,
+    );
+    create.rtcp = true;
+    let ep = ctl.call(create).expect("endpoint.create");
+    let rtcp_port = ep.rtcp_port.expect("an RTCP port");
+    let stats = ctl.stats(ep.endpoint);
+    let rtcp = stats.rtcp.expect("rtcp present when opened");
+    assert_eq!((rtcp.last_sr, rtcp.last_rr), (None, None));
+
+    // Latch, then learn our SSRC from one played frame.
+    let peer = udp();
+    let dest = endpoint_addr(&ep);
+    let silence = [0xFFu8; SPP];
+    for i in 0..3u16 {
+        peer.send_to(
+            &rtp(0, i == 0, i, u32::from(i) * 160, 0xabcd, &silence),
+            dest,
+        )
+        .expect("send");
+        thread::sleep(Duration::from_millis(20));
+    }
+    ctl.stats_until(ep.endpoint, Duration::from_secs(2), |s| s.peer.is_some());
+    let mut media = d.media();
+    send_play(&mut media, ep.endpoint, 0, &[0i16; SPP]);
+    let mut buf = [0u8; 2048];
+    let (n, _) = peer.recv_from(&mut buf).expect("our RTP");
+    let ours = RtpPacket::parse(&buf[..n]).expect("RTP").ssrc().0;
+
+    // 2026-11-30T00:00:00Z in NTP: seconds since 1900, half a second more.
+    let ntp = ((1_796_083_200u64 + 2_208_988_800) << 32) | 0x8000_0000;
+    let sr = sender_report(0xabcd, ntp, 480, 3, 480, ours);
+    peer.send_to(&sr, SocketAddr::new(dest.ip(), rtcp_port))
+        .expect("send SR");
+    let s = ctl.stats_until(ep.endpoint, Duration::from_secs(2), |s| {
+        s.rtcp.as_ref().is_some_and(|r| r.last_rr.is_some())
+    });
+    let rtcp = s.rtcp.expect("rtcp");
+    let sr = rtcp.last_sr.expect("the sender report");
+    assert_eq!(
+        (sr.ssrc, sr.rtp_ts, sr.packets, sr.octets),
+        (0xabcd, 480, 3, 480)
+    );
+    assert_eq!(sr.ntp_ms, 1_796_083_200_500);
+    let rr = rtcp.last_rr.expect("the block about our stream");
+    assert_eq!((rr.ssrc, rr.cumulative_lost), (0xabcd, 3));
+    assert!((rr.fraction_lost - 0.25).abs() < 1e-9, "{rr:?}");
+    assert!((rr.jitter_ms - 10.0).abs() < 1e-9, "{rr:?}");
+    assert_eq!(rr.rtt_ms, None);
+    assert_eq!(s.rx.rtcp_packets, 1);
+    // A report about another stream leaves ours as it was.
+    let other = sender_report(0xabcd, ntp + (1 << 32), 960, 6, 960, ours ^ 1);
+    peer.send_to(&other, SocketAddr::new(dest.ip(), rtcp_port))
+        .expect("send SR");
+    let s = ctl.stats_until(ep.endpoint, Duration::from_secs(2), |s| {
+        s.rx.rtcp_packets == 2
+    });
+    let rtcp = s.rtcp.expect("rtcp");
+    assert_eq!(rtcp.last_sr.expect("sr").packets, 6);
+    assert_eq!(rtcp.last_rr, Some(rr));
 }
