@@ -863,6 +863,8 @@ fn stats_of(id: EndpointId, e: &Entry, s: &EndpointSnapshot) -> EndpointStats {
             concealed: s.jitter.concealed,
             late_dropped: s.jitter.late_dropped,
             overflow_dropped: s.jitter.overflow_dropped,
+            skipped: s.jitter.skipped,
+            inserted: s.jitter.inserted,
             current_delay_ms: s.jitter.current_delay_ms,
             target_delay_ms: s.jitter.target_delay_ms,
         },

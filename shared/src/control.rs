@@ -393,10 +393,22 @@ pub struct JitterBufferStats {
     pub late_dropped: u64,
     /// Packets dropped because the buffer was full.
     pub overflow_dropped: u64,
+    /// Frames of received audio dropped unplayed to shrink the delay (left
+    /// out when 0).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub skipped: u64,
+    /// Frames synthesized to grow the delay, also counted in `concealed`
+    /// (left out when 0).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub inserted: u64,
     /// Delay of the buffer now, ms.
     pub current_delay_ms: u32,
     /// The adaptive target delay, ms.
     pub target_delay_ms: u32,
+}
+
+fn is_zero_u64(v: &u64) -> bool {
+    *v == 0
 }
 
 /// Transmit statistics (audio from the media socket into the call).
