@@ -268,8 +268,8 @@ pub fn stats(s: &EndpointStats) -> String {
             ("concealed", jb.concealed.to_string()),
             ("late dropped", jb.late_dropped.to_string()),
             ("overflow dropped", jb.overflow_dropped.to_string()),
-            ("skipped (delay shrunk)", jb.skipped.to_string()),
-            ("inserted (delay grown)", jb.inserted.to_string()),
+            ("skipped", jb.skipped.to_string()),
+            ("inserted", jb.inserted.to_string()),
             (
                 "delay",
                 format!(
