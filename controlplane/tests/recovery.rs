@@ -484,3 +484,38 @@ record = true
     w.until_session(caller.as_str(), "ended", SETUP).await;
     w.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_plane_restart_with_memory_sessions_sets_calls_up_again() {
+    let mut w = World::start(Sessions::Memory).await;
+    let (a, sa) = call(&mut w, "701").await;
+    let e1 = endpoint_of(&sa);
+    w.controlplane.kill();
+    w.controlplane.start();
+    w.wait_ready().await;
+    // The session was lost with the process: the call is found in the
+    // application and set up again, and what the old setup left is removed.
+    let s = w.until_session(a.as_str(), "active", SETUP).await;
+    let e2 = endpoint_of(&s);
+    assert_ne!(e1, e2);
+    w.until(
+        "one endpoint and one externalMedia channel left",
+        SETUP,
+        |w| w.endpoints().len() == 1 && media_channels(w, a.as_str()).len() == 1,
+    )
+    .await;
+    assert_eq!(w.endpoints()[0].endpoint, e2);
+    audio_flows(&mut w, e2, "audio on the new endpoint").await;
+    let metrics = http(w.http, "GET", "/metrics", None).expect("metrics").1;
+    assert!(
+        metrics.contains("mediagw_recovery_actions_total{action=\"discovered\"} 1"),
+        "{metrics}"
+    );
+    w.double.hangup(&a, 16).expect("hang up");
+    w.until_session(a.as_str(), "ended", SETUP).await;
+    w.until("nothing left", SETUP, |w| {
+        w.endpoints().is_empty() && w.double.channels().is_empty() && w.double.bridges().is_empty()
+    })
+    .await;
+    w.finish().await;
+}

@@ -197,7 +197,14 @@ pub(crate) async fn plan(ctx: &Context, has_call: impl Fn(&str) -> bool) -> Resu
         }
     }
     // Endpoints no live session refers to: release those of sessions we
-    // know (ended, or a setup cut short); leave an operator's alone.
+    // know (ended, or a setup cut short) and those named after a channel
+    // in our application (a call whose session was lost with an in-memory
+    // store: it is set up again); leave an operator's alone.
+    let discovered: HashSet<&str> = plan
+        .discovered
+        .iter()
+        .map(|d| d.channel.id.as_str())
+        .collect();
     let by_id: HashMap<EndpointId, &EndpointSummary> = endpoints
         .iter()
         .flatten()
@@ -209,6 +216,7 @@ pub(crate) async fn plan(ctx: &Context, has_call: impl Fn(&str) -> bool) -> Resu
             continue;
         }
         let ours = live.contains(e.session.as_str())
+            || discovered.contains(e.session.as_str())
             || matches!(ctx.store.get(&e.tenant, &e.session).await, Ok(Some(_)));
         if ours {
             let _ = ctx.dataplane.call(EndpointDestroy { endpoint: ep }).await;
