@@ -10,8 +10,8 @@
 //! Ctrl-C or SIGTERM stops the control plane first, then the dataplane,
 //! each given time to drain.
 //!
-//! Under systemd, run the two daemons as their own units instead
-//! (`systemd/`); this is for a terminal, a demo, a developer.
+//! Under systemd, run the two daemons as units of their own instead (each
+//! then restarts on its own); this is for a terminal, a demo, a developer.
 
 // A driver: it reads the clock to supervise.
 #![allow(clippy::disallowed_methods)]
