@@ -1323,3 +1323,33 @@ async fn shutdown_while_asterisk_is_down_is_prompt() {
     shutdown.cancel();
     timeout(DEADLINE, task).await.unwrap().unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn event_filter_and_continue_send_what_asterisk_documents() {
+    let fake = FakeAsterisk::start().await;
+    fake.route(
+        "PUT",
+        "/applications/ai-gw/eventFilter",
+        200,
+        r#"{"name":"ai-gw","channel_ids":[],"bridge_ids":[],"endpoint_ids":[],"device_names":[],"events_allowed":[{"type":"StasisStart"}],"events_disallowed":[]}"#,
+    );
+    fake.route("POST", "/channels/1.2/continue", 204, "");
+    let ari = client(&[("pbx-a", fake.url())]);
+    ari.set_event_filter(&["StasisStart", "StasisEnd"])
+        .await
+        .unwrap();
+    ari.continue_in_dialplan(&ChannelId::new("1.2"))
+        .await
+        .unwrap();
+    let seen = fake.requests();
+    assert_eq!(seen[0].method, "PUT");
+    assert_eq!(seen[0].path, "/applications/ai-gw/eventFilter");
+    assert_eq!(
+        seen[0].body.as_ref(),
+        Some(&json!({"allowed": [{"type": "StasisStart"}, {"type": "StasisEnd"}]}))
+    );
+    assert_eq!(
+        (seen[1].method.as_str(), seen[1].path.as_str()),
+        ("POST", "/channels/1.2/continue")
+    );
+}

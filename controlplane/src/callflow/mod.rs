@@ -49,6 +49,15 @@ use crate::tenant::{CallFacts, TenantRules};
 
 pub use call::CallSummary;
 
+/// The ARI event types the call flow reads; Asterisk is asked to send only
+/// these ([`AriClient::set_event_filter`]).
+pub const CALL_FLOW_EVENTS: [&str; 4] = [
+    "StasisStart",
+    "StasisEnd",
+    "ChannelDestroyed",
+    "BridgeDestroyed",
+];
+
 /// `[calls]`: how calls are handled.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -298,6 +307,9 @@ impl Dispatcher {
                         ari_up = true;
                         self.ctx.metrics.set_link(Link::Ari, true);
                         tracing::info!(server, "ARI connected; reconciling");
+                        if let Err(e) = self.ctx.ari.set_event_filter(&CALL_FLOW_EVENTS).await {
+                            tracing::info!(error = %e, "ARI event filter not set; every event type comes");
+                        }
                         self.reconcile().await;
                     }
                     Some(AriSignal::Disconnected { reason }) => {

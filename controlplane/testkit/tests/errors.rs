@@ -535,3 +535,44 @@ async fn unknown_resources_methods_and_injected_failures() {
     );
     assert_eq!(log.last().expect("entry").query, "type=mixing");
 }
+
+#[tokio::test]
+async fn event_filter_narrows_an_applications_events() {
+    let d = double().await;
+    let ari = Ari::new(&d);
+    // No application yet: 404, as the swagger says.
+    let (status, _) = ari
+        .call_json("PUT", "/applications/ai-gw/eventFilter", &[], &json!({}))
+        .await;
+    assert_eq!(status, 404);
+    let mut events = Events::connect(&d, APP).await;
+    let filter = json!({"allowed": [{"type": "StasisStart"}, {"type": "StasisEnd"}]});
+    let (status, body) = ari
+        .call_json("PUT", "/applications/ai-gw/eventFilter", &[], &filter)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let app: serde_json::Value = serde_json::from_str(&body).expect("Application");
+    assert_eq!(app["events_allowed"], filter["allowed"]);
+    assert_eq!(app["events_disallowed"], json!([]));
+    let call = d.inbound_call(InboundCall::default()).expect("call");
+    let (s, _) = ari
+        .call("POST", &format!("/channels/{call}/answer"), &[])
+        .await;
+    assert_eq!(s, 204);
+    d.hangup(&call, 16).expect("hangup");
+    let types: Vec<String> = events
+        .drain(std::time::Duration::from_millis(300))
+        .await
+        .iter()
+        .filter_map(|m| serde_json::from_str::<serde_json::Value>(m).ok())
+        .filter_map(|v| v["type"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(types, ["StasisStart", "StasisEnd"]);
+    // An empty body lifts the filter.
+    let (status, body) = ari
+        .call_json("PUT", "/applications/ai-gw/eventFilter", &[], &json!({}))
+        .await;
+    assert_eq!(status, 200);
+    let app: serde_json::Value = serde_json::from_str(&body).expect("Application");
+    assert_eq!(app["events_allowed"], json!([]));
+}

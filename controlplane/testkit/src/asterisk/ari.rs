@@ -529,6 +529,29 @@ fn dispatch(
         ("GET", ["asterisk", "ping"]) => shared.with(|c, now| Ok(c.pbx.ping(now))),
         ("GET", ["applications"]) => shared.with(|c, _| Ok(c.pbx.list_applications())),
         ("GET", ["applications", name]) => shared.with(|c, _| c.pbx.get_application(name)),
+        ("PUT", ["applications", name, "eventFilter"]) => {
+            // The body's lists arrive joined: `{"type":"A"},{"type":"B"}`.
+            let list = |key: &str| -> Result<Option<Vec<String>>, ApiError> {
+                if !p.pairs.iter().any(|(k, _)| k == key) {
+                    return Ok(None);
+                }
+                let items: Vec<serde_json::Value> =
+                    serde_json::from_str(&format!("[{}]", p.get(key))).map_err(|_| ApiError {
+                        status: 400,
+                        message: "Bad request.".to_owned(),
+                    })?;
+                Ok(Some(
+                    items
+                        .iter()
+                        .filter_map(|i| i["type"].as_str().map(str::to_owned))
+                        .collect(),
+                ))
+            };
+            match (list("allowed"), list("disallowed")) {
+                (Ok(a), Ok(d)) => shared.with(|c, _| c.pbx.set_event_filter(name, a, d)),
+                (Err(e), _) | (_, Err(e)) => Err(e),
+            }
+        }
         _ => return unrouted(method, &segs),
     };
     reply_parts(r)

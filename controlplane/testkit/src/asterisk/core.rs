@@ -382,6 +382,9 @@ pub(crate) struct Pbx {
     live: HashMap<String, LiveRecording>,
     stored: Vec<(String, String)>,
     active_apps: Vec<String>,
+    /// `PUT /applications/{app}/eventFilter`: allowed and disallowed event
+    /// types per application (empty allowed: all).
+    event_filters: HashMap<String, (Vec<String>, Vec<String>)>,
     next_uniqueid: u64,
     next_chan_idx: u32,
     next_order: u64,
@@ -398,6 +401,7 @@ impl Pbx {
             live: HashMap::new(),
             stored: Vec::new(),
             active_apps: Vec::new(),
+            event_filters: HashMap::new(),
             next_uniqueid: 0,
             next_chan_idx: 0,
             next_order: 0,
@@ -436,6 +440,7 @@ impl Pbx {
         self.bridges.clear();
         self.live.clear();
         self.active_apps.clear();
+        self.event_filters.clear();
         self.startup = now.wall;
     }
 
@@ -473,7 +478,17 @@ impl Pbx {
         n
     }
 
-    fn ari(&mut self, apps: Vec<String>, body: Obj) {
+    fn ari(&mut self, mut apps: Vec<String>, body: Obj) {
+        if !self.event_filters.is_empty() {
+            let kind = body.type_name().unwrap_or_default();
+            apps.retain(|app| match self.event_filters.get(app) {
+                None => true,
+                Some((allowed, disallowed)) => {
+                    (allowed.is_empty() || allowed.iter().any(|t| t == kind))
+                        && !disallowed.iter().any(|t| t == kind)
+                }
+            });
+        }
         if !apps.is_empty() {
             self.out.push(Out::Ari {
                 apps,
@@ -1973,6 +1988,10 @@ impl Pbx {
     }
 
     fn application_json(&self, app: &str) -> String {
+        let (allowed, disallowed) = self
+            .event_filters
+            .get(app)
+            .map_or((&[][..], &[][..]), |(a, d)| (a.as_slice(), d.as_slice()));
         let mut chans: Vec<&Channel> = self
             .channels
             .values()
@@ -1996,8 +2015,8 @@ impl Pbx {
             .raw("bridge_ids", &str_array(&bridge_ids))
             .raw("endpoint_ids", "[]")
             .raw("device_names", "[]")
-            .raw("events_allowed", "[]")
-            .raw("events_disallowed", "[]")
+            .raw("events_allowed", &type_list(allowed))
+            .raw("events_disallowed", &type_list(disallowed))
             .finish()
     }
 
@@ -2008,6 +2027,30 @@ impl Pbx {
             .map(|a| self.application_json(a))
             .collect();
         Reply::Json(format!("[{}]", items.join(",")))
+    }
+
+    /// `PUT /applications/{app}/eventFilter`: a list given replaces that
+    /// list; one not given stays (Asterisk's rules).
+    pub(crate) fn set_event_filter(
+        &mut self,
+        app: &str,
+        allowed: Option<Vec<String>>,
+        disallowed: Option<Vec<String>>,
+    ) -> Result<Reply, ApiError> {
+        if !self.app_active(app) {
+            return Err(err(404, "Application does not exist."));
+        }
+        let entry = self.event_filters.entry(app.to_owned()).or_default();
+        if allowed.is_none() && disallowed.is_none() {
+            *entry = (Vec::new(), Vec::new());
+        }
+        if let Some(a) = allowed {
+            entry.0 = a;
+        }
+        if let Some(d) = disallowed {
+            entry.1 = d;
+        }
+        Ok(Reply::Json(self.application_json(app)))
     }
 
     pub(crate) fn get_application(&self, app: &str) -> Result<Reply, ApiError> {
@@ -2287,6 +2330,15 @@ impl AmiEvent {
         self.0.push_str("\r\n");
         self.0
     }
+}
+
+/// `[{"type":"StasisStart"},...]`, as the Application model lists filters.
+fn type_list(types: &[String]) -> String {
+    let items: Vec<String> = types
+        .iter()
+        .map(|t| Obj::new().str("type", t).finish())
+        .collect();
+    format!("[{}]", items.join(","))
 }
 
 #[cfg(test)]

@@ -52,6 +52,13 @@ impl Obj {
     /// The text so far, without the closing brace, so that fields can be
     /// appended later (ARI events get `asterisk_id` and `application` per
     /// recipient).
+    /// The value of the object's `type` field when it is the first one
+    /// (every event starts with it).
+    pub(crate) fn type_name(&self) -> Option<&str> {
+        let rest = self.0.strip_prefix("{\"type\":\"")?;
+        rest.split('"').next()
+    }
+
     pub(crate) fn open(self) -> String {
         self.0
     }
