@@ -234,6 +234,17 @@ pub fn udp_mem_pages() -> Option<u64> {
     None
 }
 
+/// Microseconds, since boot, during which some runnable task waited for a
+/// CPU (`/proc/pressure/cpu`, "some" total): its growth over a window,
+/// divided by the window, is the share of time the machine was contended.
+pub fn cpu_pressure_us() -> Option<u64> {
+    let s = read("/proc/pressure/cpu")?;
+    let line = s.lines().find(|l| l.starts_with("some"))?;
+    line.split_whitespace()
+        .find_map(|f| f.strip_prefix("total="))
+        .and_then(|v| v.parse().ok())
+}
+
 /// The 1-minute load average.
 pub fn loadavg() -> f64 {
     read("/proc/loadavg")
