@@ -306,6 +306,15 @@ pub fn goals(r: &Report) -> Vec<Goal> {
     g
 }
 
+/// A duration in µs, with its unit.
+fn dur(x: f64) -> String {
+    if x >= 10_000.0 {
+        format!("{:.1} ms", x / 1000.0)
+    } else {
+        format!("{x:.0} us")
+    }
+}
+
 fn us(x: f64) -> String {
     if x >= 10_000.0 {
         format!("{:.1} ms", x / 1000.0)
@@ -522,7 +531,7 @@ pub fn markdown(r: &Report) -> String {
 
         let _ = writeln!(
             o,
-            "### Where the CPU went (share of each core over the window)\n\n| streams | receiver | {} |\n|---:|---|{}",
+            "### Where the CPU went (share of each core over the window)\n\nFrom `/proc/stat`, which the kernel samples at its timer tick: a thread that wakes in step with the tick (the daemon's worker sleeps to tick boundaries) is undercounted here; the per-thread figures above (`schedstat`, nanoseconds) are exact. The softirq share of core 0 is the kernel's loopback receive path, run for the sender.\n\n| streams | receiver | {} |\n|---:|---|{}",
             (0..r.machine.nproc)
                 .map(|c| format!("core {c} busy / softirq / steal"))
                 .collect::<Vec<_>>()
@@ -580,7 +589,7 @@ pub fn markdown(r: &Report) -> String {
         let t = &x.sender;
         let _ = writeln!(
             o,
-            "### Impaired run: {} with {} streams\n\nSender's exact account: {} generated, {} dropped on purpose, {} duplicated, {} sent on a reordering detour, {} SSRC changes, {} datagrams sent; {} received ({} lost in the kernel or receiver). CPU {:.0} ns/packet, p99 {} us.\n",
+            "### Impaired run: {} with {} streams\n\nSender's exact account: {} generated, {} dropped on purpose, {} duplicated, {} sent on a reordering detour, {} SSRC changes, {} datagrams sent; {} received ({} lost in the kernel or receiver). CPU {:.0} ns/packet, receive delay p99 {}.\n",
             x.receiver.name(),
             x.streams,
             t.generated,
@@ -592,7 +601,7 @@ pub fn markdown(r: &Report) -> String {
             x.received,
             x.lost,
             x.cpu_ns_per_packet,
-            us(x.latency.p99_us)
+            dur(x.latency.p99_us)
         );
         if let Some(d) = &x.daemon {
             let e = &d.endpoints;
