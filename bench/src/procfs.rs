@@ -7,7 +7,6 @@
 //! instruction counts come from callgrind instead, see [`crate::cgrind`]).
 
 use std::path::Path;
-use std::time::Duration;
 
 use mediagw_dataplane::net::monotonic_now;
 use mediagw_dataplane::units::Nanos;
@@ -333,11 +332,6 @@ pub fn utc_string(secs: u64) -> String {
         rem / 60 % 60,
         rem % 60
     )
-}
-
-/// Sleeps without checking the stop flag (short waits only).
-pub fn nap(d: Duration) {
-    std::thread::sleep(d);
 }
 
 #[cfg(test)]
