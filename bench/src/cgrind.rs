@@ -35,12 +35,16 @@ pub struct IrRow {
     /// The functions with the most instructions per packet (self cost),
     /// largest first.
     pub top: Vec<(String, f64)>,
+    /// The variant's checksum over the long run (frames played, concealed,
+    /// ...: see `trace`).
+    pub checksum: u64,
 }
 
 /// One callgrind run: total instructions and per-function self cost.
 struct Run {
     total: u64,
     functions: BTreeMap<String, u64>,
+    checksum: u64,
 }
 
 fn callgrind(exe: &Path, variant: Variant, streams: usize, packets: u64) -> Result<Run> {
@@ -57,6 +61,12 @@ fn callgrind(exe: &Path, variant: Variant, streams: usize, packets: u64) -> Resu
         .output()
         .context("running valgrind (is it installed? Debian: valgrind)")?;
     let stderr = String::from_utf8_lossy(&o.stderr);
+    // `trace` prints "variant streams packets checksum".
+    let checksum = String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .nth(3)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     if !o.status.success() {
         return Err(BenchError::new(format!(
             "valgrind failed ({}): {stderr}",
@@ -96,7 +106,11 @@ fn callgrind(exe: &Path, variant: Variant, streams: usize, packets: u64) -> Resu
         }
         *functions.entry(name).or_insert(0) += ir;
     }
-    Ok(Run { total, functions })
+    Ok(Run {
+        total,
+        functions,
+        checksum,
+    })
 }
 
 /// Measures every variant over a `streams`-stream trace of `packets` and
@@ -136,6 +150,7 @@ pub fn measure(exe: &Path, streams: usize, packets: u64) -> Result<Vec<IrRow>> {
                 (gross - trace_cost).max(0.0)
             },
             top,
+            checksum: long.checksum,
         });
     }
     Ok(rows)

@@ -7,7 +7,6 @@
 //! instruction counts come from callgrind instead, see [`crate::cgrind`]).
 
 use std::path::Path;
-use std::time::Duration;
 
 use mediagw_dataplane::net::monotonic_now;
 use mediagw_dataplane::units::Nanos;
@@ -234,6 +233,17 @@ pub fn udp_mem_pages() -> Option<u64> {
     None
 }
 
+/// Microseconds, since boot, during which some runnable task waited for a
+/// CPU (`/proc/pressure/cpu`, "some" total): its growth over a window,
+/// divided by the window, is the share of time the machine was contended.
+pub fn cpu_pressure_us() -> Option<u64> {
+    let s = read("/proc/pressure/cpu")?;
+    let line = s.lines().find(|l| l.starts_with("some"))?;
+    line.split_whitespace()
+        .find_map(|f| f.strip_prefix("total="))
+        .and_then(|v| v.parse().ok())
+}
+
 /// The 1-minute load average.
 pub fn loadavg() -> f64 {
     read("/proc/loadavg")
@@ -322,11 +332,6 @@ pub fn utc_string(secs: u64) -> String {
         rem / 60 % 60,
         rem % 60
     )
-}
-
-/// Sleeps without checking the stop flag (short waits only).
-pub fn nap(d: Duration) {
-    std::thread::sleep(d);
 }
 
 #[cfg(test)]

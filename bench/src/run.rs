@@ -205,7 +205,12 @@ pub struct LoadResult {
     pub sender_cpu_ns_per_packet: f64,
     /// Sender lag behind schedule, µs: p50, p99, max.
     pub sender_lag_us: [f64; 3],
-    /// The sender could not keep the schedule: the load is sender-bound.
+    /// Time the sender's schedule was shifted by stalls in the window, ms
+    /// (it was preempted: see `sender::MAX_CATCH_UP`).
+    pub sender_stalled_ms: f64,
+    /// The sender could not keep the schedule (it sent less than 98% of
+    /// the offered rate, or stalled more than 2% of the window): the load
+    /// is sender-bound, or the machine was busy.
     pub sender_bound: bool,
     /// Per core over the window.
     pub cores: Vec<CoreShare>,
@@ -217,6 +222,10 @@ pub struct LoadResult {
     pub sender: Tally,
     /// 1-minute load average at the end.
     pub loadavg: f64,
+    /// Share of the window during which some task on the machine waited
+    /// for a CPU (pressure stall information): how contended the machine
+    /// was, by this run and by everything else on it.
+    pub cpu_pressure: f64,
     /// Runs made to get this one (a run disturbed by other work on the
     /// machine is repeated, see [`run_settled`]).
     pub attempts: u32,
@@ -243,8 +252,10 @@ struct Snap {
     process_ns: u64,
     sender: ThreadCpu,
     sent: u64,
+    stalled_ns: u64,
     cpus: Vec<CpuTimes>,
     scrape: Option<Scrape>,
+    pressure_us: u64,
 }
 
 /// Creates `n` endpoints, 64 requests in flight; returns them and the rate.
@@ -404,8 +415,10 @@ fn snap(target: &Target, sender: &Sender) -> Result<Snap> {
         process_ns: target.process_ns(),
         sender: sender.thread_cpu().unwrap_or_default(),
         sent: sender.shared().sent.load(Ordering::Relaxed),
+        stalled_ns: sender.shared().stalled_ns.load(Ordering::Relaxed),
         cpus: procfs::cpu_times(),
         scrape,
+        pressure_us: procfs::cpu_pressure_us().unwrap_or(0),
     })
 }
 
@@ -579,7 +592,8 @@ fn finish(
             (lat, Some(figures))
         }
     };
-    let sender_bound = report.lag_us[1] > 5_000.0 || sent_pps < 0.98 * offered_pps;
+    let stalled = b.stalled_ns.saturating_sub(a.stalled_ns) as f64 / 1e9;
+    let sender_bound = stalled > 0.02 * secs || sent_pps < 0.98 * offered_pps;
     Ok(LoadResult {
         receiver: kind,
         streams: n,
@@ -600,12 +614,14 @@ fn finish(
         preemptions_per_packet: per(rx.involuntary),
         sender_cpu_ns_per_packet: per(tx.cpu_ns),
         sender_lag_us: report.lag_us,
+        sender_stalled_ms: stalled * 1e3,
         sender_bound,
         cores,
         latency,
         daemon,
         sender: report.totals,
         loadavg: procfs::loadavg(),
+        cpu_pressure: b.pressure_us.saturating_sub(a.pressure_us) as f64 / 1e6 / secs,
         attempts: 1,
     })
 }
@@ -613,7 +629,7 @@ fn finish(
 /// [`run_load`], repeated (up to `tries` runs in all) while the sender
 /// could not keep its schedule at a load it can normally offer (`feasible`
 /// streams, from the calibration): that is other work on the machine, not
-/// the receiver. Keeps the least disturbed run (smallest sender lag).
+/// the receiver. Keeps the least disturbed run (least sender stall).
 pub fn run_settled(
     kind: Kind,
     n: usize,
@@ -629,7 +645,7 @@ pub fn run_settled(
         let disturbed = r.sender_bound && n <= feasible;
         let better = best
             .as_ref()
-            .is_none_or(|b| r.sender_lag_us[1] < b.sender_lag_us[1]);
+            .is_none_or(|b| r.sender_stalled_ms < b.sender_stalled_ms);
         if better {
             best = Some(LoadResult {
                 attempts: attempt,
@@ -642,8 +658,8 @@ pub fn run_settled(
             break;
         }
         eprintln!(
-            "  disturbed (sender lag p99 {:.0} us at a load it can offer): repeating",
-            best.as_ref().map_or(0.0, |b| b.sender_lag_us[1])
+            "  disturbed (sender stalled {:.0} ms at a load it can offer): repeating",
+            best.as_ref().map_or(0.0, |b| b.sender_stalled_ms)
         );
     }
     best.context("no run")

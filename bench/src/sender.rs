@@ -19,6 +19,11 @@
 //! how often the SSRC changed; the totals say how many datagrams the kernel
 //! took. A receiver that got fewer lost the difference.
 //!
+//! A sender preempted for longer than [`MAX_CATCH_UP`] (other work on a
+//! shared machine) does not burst to catch up: it shifts its schedule by
+//! the stall and counts it. A burst would make every receiver's latency
+//! measure the load generator's stall, not the receiver.
+//!
 //! GSO (`UDP_SEGMENT`) does not help here: it needs every segment to go to
 //! one destination, and a paced RTP stream has one packet per destination
 //! per 20 ms. `sendmmsg` is the batching that applies.
@@ -48,6 +53,9 @@ use crate::procfs::{self, ThreadCpu, now};
 const PCMU: PayloadType = PayloadType(0);
 /// Flush the send queue at least this often while generating a burst.
 const MAX_QUEUED: usize = 512;
+/// Further behind schedule than this, the sender shifts its schedule
+/// instead of bursting to catch up (and counts the stall).
+pub const MAX_CATCH_UP: Duration = Duration::from_millis(5);
 
 /// How the streams are sent.
 #[derive(Debug, Clone)]
@@ -131,6 +139,10 @@ pub struct SenderShared {
     pub generated: AtomicU64,
     /// Record the lag of each packet from now on (the measurement window).
     pub recording: AtomicBool,
+    /// Time the schedule was shifted by stalls, ns, since the start.
+    pub stalled_ns: AtomicU64,
+    /// Stalls longer than [`MAX_CATCH_UP`] since the start.
+    pub stalls: AtomicU64,
     /// The sending thread's id.
     pub tid: AtomicI32,
 }
@@ -151,8 +163,13 @@ pub struct SenderReport {
     /// `totals.queued` and every per-stream figure is exact too).
     pub send_errors: u64,
     /// How late packets left against their schedule during the recording
-    /// window, µs: p50, p99, max (paced mode).
+    /// window, µs: p50, p99, max (paced mode; a stall counts once, for the
+    /// packet it delayed).
     pub lag_us: [f64; 3],
+    /// Stalls longer than [`MAX_CATCH_UP`], whole run.
+    pub stalls: u64,
+    /// Their total, ms.
+    pub stalled_ms: f64,
     /// The sending thread's CPU time and switches over its whole life.
     pub thread: ThreadCpu,
 }
@@ -333,13 +350,30 @@ impl SendLoop {
     fn run(&mut self, cfg: &SenderConfig) -> Result<SenderReport> {
         let n = self.streams.len() as u64;
         let ptime = cfg.ptime.as_nanos() as u64;
-        let start = now() + Duration::from_millis(50);
-        let due_at = |k: u64, i: u64| Nanos(start.0 + k * ptime + i * ptime / n);
+        let mut start = now() + Duration::from_millis(50);
+        let due = |start: Nanos, k: u64, i: u64| Nanos(start.0 + k * ptime + i * ptime / n);
         let (mut k, mut i) = (0u64, 0u64);
         let mut generated = 0u64;
+        let (mut stalls, mut stalled_ns) = (0u64, 0u64);
         loop {
             let stopping = self.shared.stop.load(Ordering::Relaxed);
             let t = now();
+            if !cfg.blast && !stopping {
+                let behind = t.saturating_since(due(start, k, i));
+                if behind > MAX_CATCH_UP {
+                    // Preempted: resume on a shifted schedule, no burst.
+                    if self.shared.recording.load(Ordering::Relaxed) {
+                        self.lag.saturating_record(behind.as_micros() as u64);
+                    }
+                    let shift = behind.as_nanos() as u64;
+                    start = Nanos(start.0 + shift);
+                    stalls += 1;
+                    stalled_ns += shift;
+                    self.shared.stalls.store(stalls, Ordering::Relaxed);
+                    self.shared.stalled_ns.store(stalled_ns, Ordering::Relaxed);
+                }
+            }
+            let due_at = |k: u64, i: u64| due(start, k, i);
             if !stopping {
                 if cfg.blast {
                     // As fast as the kernel takes them: a few hundred per
@@ -412,6 +446,8 @@ impl SendLoop {
             sent: c.sent,
             send_errors: c.send_errors,
             lag_us: [q(0.5), q(0.99), self.lag.max() as f64],
+            stalls,
+            stalled_ms: stalled_ns as f64 / 1e6,
             thread: procfs::current_tid()
                 .and_then(|tid| procfs::thread_cpu(std::process::id(), tid))
                 .unwrap_or_default(),

@@ -48,17 +48,20 @@ pub enum Variant {
     Mediagw,
     /// The same, frames copied onto the tap ring.
     MediagwTapped,
+    /// The same, 5% of packets lost (concealed).
+    MediagwLoss,
     /// The naive tokio receiver's per-packet work, without tokio.
     Naive,
 }
 
 impl Variant {
     /// Every variant.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Generate,
         Self::Ceiling,
         Self::Mediagw,
         Self::MediagwTapped,
+        Self::MediagwLoss,
         Self::Naive,
     ];
 
@@ -69,6 +72,7 @@ impl Variant {
             Self::Ceiling => "ceiling",
             Self::Mediagw => "mediagw",
             Self::MediagwTapped => "mediagw-tapped",
+            Self::MediagwLoss => "mediagw-loss",
             Self::Naive => "naive",
         }
     }
@@ -165,8 +169,9 @@ pub fn run(variant: Variant, streams: usize, packets: u64) -> Result<u64> {
             }
             sum = count + gaps;
         }
-        Variant::Mediagw => sum = run_mediagw(&mut trace, packets, false)?,
-        Variant::MediagwTapped => sum = run_mediagw(&mut trace, packets, true)?,
+        Variant::Mediagw => sum = run_mediagw(&mut trace, packets, false, false)?,
+        Variant::MediagwTapped => sum = run_mediagw(&mut trace, packets, true, false)?,
+        Variant::MediagwLoss => sum = run_mediagw(&mut trace, packets, false, true)?,
         Variant::Naive => {
             let mut stats: Vec<ReceiveStats> = (0..streams)
                 .map(|_| ReceiveStats::new(StatsConfig::new(ClockRate::NARROWBAND)))
@@ -201,7 +206,7 @@ pub fn run(variant: Variant, streams: usize, packets: u64) -> Result<u64> {
     Ok(sum)
 }
 
-fn run_mediagw(trace: &mut Trace, packets: u64, tapped: bool) -> Result<u64> {
+fn run_mediagw(trace: &mut Trace, packets: u64, tapped: bool, lossy: bool) -> Result<u64> {
     let cfg = Config::default();
     let jcfg = cfg.jitter_config(ClockRate::NARROWBAND, None, None);
     let src: SocketAddr = ([127, 0, 0, 1], 40_000).into();
@@ -227,10 +232,15 @@ fn run_mediagw(trace: &mut Trace, packets: u64, tapped: bool) -> Result<u64> {
     let mut scratch = Box::new([0i16; MAX_PACKET_SAMPLES]);
     let mut frame = Frame::default();
     let mut sum = 0u64;
+    let streams = trace.streams as u64;
     for p in 0..packets {
         let (s, at, b) = trace.next(p);
         let (ep, tap) = &mut eps[s];
-        std::hint::black_box(ep.handle_datagram(src, at, b, &mut scratch));
+        // Lost: the 20th packet of each stream in every 20 (not the first).
+        let lost = lossy && p / streams % 20 == 19;
+        if !lost {
+            std::hint::black_box(ep.handle_datagram(src, at, b, &mut scratch));
+        }
         if ep.poll_timeout().is_some_and(|due| due <= at) {
             ep.handle_timeout(at);
         }
@@ -240,8 +250,13 @@ fn run_mediagw(trace: &mut Trace, packets: u64, tapped: bool) -> Result<u64> {
         }
     }
     // The checksum of this variant: frames played onto the rings (tapped),
-    // frames played (not tapped).
-    if !tapped {
+    // frames concealed (lossy), frames played (otherwise).
+    if lossy {
+        sum = eps
+            .iter_mut()
+            .map(|(e, _)| e.snapshot().jitter.concealed)
+            .sum();
+    } else if !tapped {
         sum = eps
             .iter_mut()
             .map(|(e, _)| e.snapshot().jitter.played)
@@ -272,5 +287,8 @@ mod tests {
             run(Variant::Mediagw, 8, 2_000).unwrap()
         );
         assert_eq!(run(Variant::Ceiling, 4, 1_000).unwrap(), 1_000);
+        // 8 streams x 250 packets, one in 20 lost: about 12 concealed each.
+        let concealed = run(Variant::MediagwLoss, 8, 2_000).unwrap();
+        assert!((8 * 10..=8 * 14).contains(&concealed), "{concealed}");
     }
 }

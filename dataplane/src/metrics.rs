@@ -101,19 +101,93 @@ pub struct TenantSlot {
     pub jitter_count: u64,
 }
 
+/// One endpoint's cumulative counters, as the tenant totals sum them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EndpointCounts {
+    /// RTP packets received.
+    pub packets: u64,
+    /// Datagram bytes received.
+    pub bytes: u64,
+    /// RFC 3550 cumulative loss, never below zero.
+    pub lost: u64,
+    /// Too late (statistics) or late-dropped (jitter buffer).
+    pub late: u64,
+    /// Frames concealed.
+    pub concealed: u64,
+    /// Not RTP.
+    pub malformed: u64,
+    /// From other than the latched peer.
+    pub foreign_source: u64,
+    /// Wrong payload type.
+    pub wrong_payload_type: u64,
+    /// RTCP packets.
+    pub rtcp: u64,
+    /// RTP packets sent into the call.
+    pub tx_packets: u64,
+}
+
+impl EndpointCounts {
+    /// The counters of a snapshot.
+    pub fn of(s: &EndpointSnapshot) -> Self {
+        Self {
+            packets: s.stats.packets,
+            bytes: s.rx.bytes,
+            lost: s.stats.lost.max(0) as u64,
+            late: s.stats.late + s.jitter.late_dropped,
+            concealed: s.jitter.concealed,
+            malformed: s.rx.malformed,
+            foreign_source: s.rx.foreign_source,
+            wrong_payload_type: s.rx.wrong_payload_type,
+            rtcp: s.rx.rtcp_packets,
+            tx_packets: s.tx.packets,
+        }
+    }
+}
+
 impl TenantSlot {
     /// Adds one endpoint's cumulative figures.
     pub fn add(&mut self, s: &EndpointSnapshot) {
-        self.packets += s.stats.packets;
-        self.bytes += s.rx.bytes;
-        self.lost += s.stats.lost.max(0) as u64;
-        self.late += s.stats.late + s.jitter.late_dropped;
-        self.concealed += s.jitter.concealed;
-        self.malformed += s.rx.malformed;
-        self.foreign_source += s.rx.foreign_source;
-        self.wrong_payload_type += s.rx.wrong_payload_type;
-        self.rtcp += s.rx.rtcp_packets;
-        self.tx_packets += s.tx.packets;
+        self.add_delta(&EndpointCounts::of(s), &EndpointCounts::default());
+    }
+
+    /// Adds `new - old`, field by field: what an endpoint counted since its
+    /// counters were last folded in. Wrapping, so a stream whose loss
+    /// shrinks (a late packet arrived) takes it back exactly.
+    pub fn add_delta(&mut self, new: &EndpointCounts, old: &EndpointCounts) {
+        let d = |t: &mut u64, n: u64, o: u64| *t = t.wrapping_add(n.wrapping_sub(o));
+        d(&mut self.packets, new.packets, old.packets);
+        d(&mut self.bytes, new.bytes, old.bytes);
+        d(&mut self.lost, new.lost, old.lost);
+        d(&mut self.late, new.late, old.late);
+        d(&mut self.concealed, new.concealed, old.concealed);
+        d(&mut self.malformed, new.malformed, old.malformed);
+        d(
+            &mut self.foreign_source,
+            new.foreign_source,
+            old.foreign_source,
+        );
+        d(
+            &mut self.wrong_payload_type,
+            new.wrong_payload_type,
+            old.wrong_payload_type,
+        );
+        d(&mut self.rtcp, new.rtcp, old.rtcp);
+        d(&mut self.tx_packets, new.tx_packets, old.tx_packets);
+    }
+
+    /// Sets the counters (not `active`, not the jitter observations) to
+    /// `a + b`.
+    pub fn set_counters_sum(&mut self, a: &Self, b: &Self) {
+        self.packets = a.packets.wrapping_add(b.packets);
+        self.bytes = a.bytes.wrapping_add(b.bytes);
+        self.lost = a.lost.wrapping_add(b.lost);
+        self.late = a.late.wrapping_add(b.late);
+        self.concealed = a.concealed.wrapping_add(b.concealed);
+        self.malformed = a.malformed.wrapping_add(b.malformed);
+        self.foreign_source = a.foreign_source.wrapping_add(b.foreign_source);
+        self.wrong_payload_type = a.wrong_payload_type.wrapping_add(b.wrong_payload_type);
+        self.rtcp = a.rtcp.wrapping_add(b.rtcp);
+        self.tx_packets = a.tx_packets.wrapping_add(b.tx_packets);
     }
 
     /// Records one stream's current jitter.
@@ -594,6 +668,30 @@ fn escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn folding_deltas_equals_summing_again() {
+        let c = |packets, lost| EndpointCounts {
+            packets,
+            lost,
+            ..EndpointCounts::default()
+        };
+        // Two endpoints seen twice; the second one's loss shrinks (a late
+        // packet arrived).
+        let mut live = TenantSlot::default();
+        live.add_delta(&c(10, 0), &EndpointCounts::default());
+        live.add_delta(&c(5, 3), &EndpointCounts::default());
+        live.add_delta(&c(30, 1), &c(10, 0));
+        live.add_delta(&c(9, 2), &c(5, 3));
+        assert_eq!((live.packets, live.lost), (39, 3));
+        // The first one is removed: out of the live sum, into the retired.
+        let mut retired = TenantSlot::default();
+        live.add_delta(&EndpointCounts::default(), &c(30, 1));
+        retired.add_delta(&c(30, 1), &EndpointCounts::default());
+        let mut total = TenantSlot::default();
+        total.set_counters_sum(&retired, &live);
+        assert_eq!((total.packets, total.lost), (39, 3));
+    }
 
     #[test]
     fn renders_tenants_and_workers() {

@@ -30,7 +30,7 @@ use tokio::sync::oneshot;
 use crate::endpoint::{
     Endpoint, EndpointEvent, EndpointSnapshot, MAX_PACKET_SAMPLES, PlayNotifier, RxState,
 };
-use crate::metrics::{LatencyCounts, TenantSlot, WorkerMetrics};
+use crate::metrics::{EndpointCounts, LatencyCounts, TenantSlot, WorkerMetrics};
 use crate::net::{
     Engine, EngineConfig, EngineKind, FallbackReason, Token, monotonic_now, new_engine,
 };
@@ -170,6 +170,10 @@ pub fn spawn(
                 scratch: Box::new([0; MAX_PACKET_SAMPLES]),
                 out: Box::new([0; 1536]),
                 retired: vec![TenantSlot::default(); tenants],
+                live: vec![TenantSlot::default(); tenants],
+                seen: Vec::new(),
+                sweep: Sweep::default(),
+                totals: vec![TenantSlot::default(); tenants],
                 arrivals: Vec::with_capacity(MEASURED_PER_POLL),
                 receive_delay: LatencyCounts::default(),
                 playout_lateness: LatencyCounts::default(),
@@ -218,6 +222,15 @@ struct Worker {
     /// Counters of endpoints already removed, per tenant, so published
     /// totals never go backwards.
     retired: Vec<TenantSlot>,
+    /// Per tenant: live endpoints' counters as last folded in by the
+    /// sweep, the count of live endpoints, and every jitter observation.
+    live: Vec<TenantSlot>,
+    /// Per slot: the counters last folded into `live`.
+    seen: Vec<EndpointCounts>,
+    /// Where the publishing sweep goes on, and how far it got.
+    sweep: Sweep,
+    /// What is published (reused).
+    totals: Vec<TenantSlot>,
     /// Kernel receive times of this poll's datagrams (capacity fixed at
     /// start: never grows).
     arrivals: Vec<Nanos>,
@@ -244,7 +257,6 @@ fn rtcp_token(slot: usize) -> Token {
 
 impl Worker {
     fn run(mut self) {
-        let mut next_publish = monotonic_now();
         let mut stopping = false;
         let budget = self.tick * 4;
         while !stopping {
@@ -313,18 +325,60 @@ impl Worker {
             }
             let done = monotonic_now();
             self.metrics.record_loop(started, done, budget);
-            if done >= next_publish {
-                // A backstop for a lost notification: every play ring.
-                self.start_playing_all(done);
-                self.publish();
-                next_publish = done + PUBLISH_EVERY;
-            }
+            self.sweep_step(done);
         }
         for index in 0..self.slots.len() {
             self.remove_slot(index, monotonic_now());
         }
         let _ = self.engine.flush();
         self.publish();
+    }
+
+    /// Folds a share of the endpoints' counters into the tenant totals,
+    /// enough to pass over every endpoint in about 80% of the publish
+    /// interval, and publishes once a pass is over and the interval has
+    /// passed. Spread over the loops, the pass never stalls the worker (a
+    /// pass at once took milliseconds with thousands of endpoints, and
+    /// every datagram arriving meanwhile waited).
+    fn sweep_step(&mut self, now: Nanos) {
+        let n = self.slots.len();
+        if self.sweep.next < n {
+            let elapsed = now.saturating_since(self.sweep.last).as_nanos() as u64;
+            let period = (PUBLISH_EVERY.as_nanos() as u64 * 4 / 5).max(1);
+            let quota =
+                ((n as u64 * elapsed).div_ceil(period) as usize).clamp(1, n - self.sweep.next);
+            for index in self.sweep.next..self.sweep.next + quota {
+                self.visit(index, now);
+            }
+            self.sweep.next += quota;
+        }
+        self.sweep.last = now;
+        if self.sweep.next >= n && now >= self.sweep.publish_at {
+            self.publish();
+            self.sweep.next = 0;
+            self.sweep.publish_at = now + PUBLISH_EVERY;
+        }
+    }
+
+    /// One endpoint's turn in the sweep: fold its counters in, observe its
+    /// jitter, and start its playing if a notification was lost.
+    fn visit(&mut self, index: usize, now: Nanos) {
+        let Some(Some(s)) = self.slots.get_mut(index) else {
+            return;
+        };
+        let snap = s.endpoint.snapshot();
+        let counts = EndpointCounts::of(&snap);
+        if let (Some(live), Some(seen)) = (self.live.get_mut(s.tenant), self.seen.get_mut(index)) {
+            live.add_delta(&counts, seen);
+            *seen = counts;
+            if snap.state == RxState::Receiving {
+                live.observe_jitter(snap.stats.jitter_ms);
+                self.sweep.receiving += 1;
+            }
+        }
+        if s.endpoint.tx_due().is_none() && s.endpoint.play_pending() {
+            self.start_playing(index, now);
+        }
     }
 
     /// Sleep until the next tick boundary (ticks aligned on the clock), at
@@ -401,6 +455,14 @@ impl Worker {
         };
         self.wheel.set(index, slot.endpoint.poll_timeout());
         let _ = now;
+        if self.seen.len() < self.slots.len() {
+            self.seen
+                .resize(self.slots.len(), EndpointCounts::default());
+        }
+        self.seen[index] = EndpointCounts::default();
+        if let Some(l) = self.live.get_mut(slot.tenant) {
+            l.active += 1;
+        }
         self.slots[index] = Some(slot);
         self.by_id.insert(p.id, index);
         self.metrics.endpoints.fetch_add(1, Ordering::Relaxed);
@@ -422,6 +484,16 @@ impl Worker {
         let snap = slot.endpoint.snapshot();
         if let Some(r) = self.retired.get_mut(slot.tenant) {
             r.add(&snap);
+        }
+        // Its counters move from the live sum to the retired one.
+        let seen = self
+            .seen
+            .get_mut(index)
+            .map(std::mem::take)
+            .unwrap_or_default();
+        if let Some(l) = self.live.get_mut(slot.tenant) {
+            l.add_delta(&EndpointCounts::default(), &seen);
+            l.active = l.active.saturating_sub(1);
         }
         Some(snap)
     }
@@ -496,32 +568,32 @@ impl Worker {
         }
     }
 
+    /// Stores the tenant totals (retired plus live endpoints, as the last
+    /// sweep saw them) and the worker's figures into the atomics.
     fn publish(&mut self) {
-        let mut totals = self.retired.clone();
-        let mut receiving = 0u64;
-        for s in self.slots.iter_mut().flatten() {
-            let snap = s.endpoint.snapshot();
-            if let Some(t) = totals.get_mut(s.tenant) {
-                t.add(&snap);
-                t.active += 1;
-                if snap.state == RxState::Receiving {
-                    t.observe_jitter(snap.stats.jitter_ms);
-                    receiving += 1;
-                }
-            }
+        for ((t, r), l) in self.totals.iter_mut().zip(&self.retired).zip(&self.live) {
+            *t = *l;
+            t.set_counters_sum(r, l);
         }
         self.metrics
-            .publish(&totals, receiving, self.engine.counters());
+            .publish(&self.totals, self.sweep.receiving, self.engine.counters());
         self.metrics
             .publish_latency(&self.receive_delay, &self.playout_lateness);
-        // Histogram observations are per publish, not cumulative state of
-        // the endpoints: keep them in `retired` so they accumulate.
-        for (r, t) in self.retired.iter_mut().zip(&totals) {
-            r.jitter_buckets = t.jitter_buckets;
-            r.jitter_sum_ms = t.jitter_sum_ms;
-            r.jitter_count = t.jitter_count;
-        }
+        self.sweep.receiving = 0;
     }
+}
+
+/// The publishing sweep's progress.
+#[derive(Debug, Default)]
+struct Sweep {
+    /// The next slot to visit.
+    next: usize,
+    /// When the last step ran.
+    last: Nanos,
+    /// Endpoints seen receiving in this pass.
+    receiving: u64,
+    /// Not before this, the next publish.
+    publish_at: Nanos,
 }
 
 /// Sends the endpoint's due audio packets into the call.

@@ -86,7 +86,7 @@ enum Cmd {
         no_callgrind: bool,
         /// Time budget of the whole run, minutes: disturbed runs are
         /// repeated and long runs made only while it allows.
-        #[arg(long, default_value_t = 13.0)]
+        #[arg(long, default_value_t = 12.0)]
         budget: f64,
     },
     /// One capacity run; prints its figures as JSON.
