@@ -19,7 +19,7 @@ use mediagw_shared::control::{
     self, Done, EndpointCreate, EndpointCreated, EndpointListing, EndpointState, EndpointStats,
     EndpointSummary, ErrorBody, ErrorCode, Event, Handshake, HelloReply, JitterBufferStats,
     LineFramer, Op, PROTOCOL_VERSION, ReceiverReportSummary, Request, RtcpSummary, RxStats,
-    SenderReportSummary, ServerStatus, TapStats, TxStats, WorkerStatus,
+    SenderReportSummary, ServerStatus, TapStats, TransitPercentiles, TxStats, WorkerStatus,
 };
 use mediagw_shared::ids::{EndpointId, SessionId, TenantId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -857,6 +857,12 @@ fn stats_of(id: EndpointId, e: &Entry, s: &EndpointSnapshot) -> EndpointStats {
             foreign_source: s.rx.foreign_source,
             wrong_payload_type: s.rx.wrong_payload_type,
             rtcp_packets: s.rx.rtcp_packets,
+            transit_ms: s.transit.map(|t| TransitPercentiles {
+                p50: t.p50_us as f64 / 1000.0,
+                p90: t.p90_us as f64 / 1000.0,
+                p99: t.p99_us as f64 / 1000.0,
+                max: t.max_us as f64 / 1000.0,
+            }),
         },
         jitter_buffer: JitterBufferStats {
             played: s.jitter.played,

@@ -19,7 +19,7 @@ use crate::jitter::{Frame, JitterBuffer, JitterConfig, JitterCounters, MAX_FRAME
 use crate::ring::{FrameConsumer, FrameProducer};
 use crate::rtcp;
 use crate::rtp::{self, RtpHeader, RtpPacket};
-use crate::stats::{ReceiveStats, StatsConfig, StatsSnapshot};
+use crate::stats::{ReceiveStats, StatsConfig, StatsSnapshot, TransitSummary};
 use crate::units::{Nanos, PayloadType, RtpTimestamp, Seq, Ssrc};
 
 /// The most samples one datagram can decode to (a 1500-byte G.711 payload).
@@ -213,6 +213,9 @@ pub struct EndpointSnapshot {
     pub tx: TxCounters,
     /// RTCP from the peer.
     pub rtcp: RtcpSeen,
+    /// Transit variation percentiles ([`Endpoint::snapshot_with_transit`]
+    /// only: the metrics sweep does not pay for them).
+    pub transit: Option<TransitSummary>,
 }
 
 /// Where the tap tells a worker that an endpoint got audio to play while its
@@ -609,6 +612,16 @@ impl Endpoint {
             jitter: self.jb.counters(),
             tx: self.tx,
             rtcp: self.rtcp,
+            transit: None,
+        }
+    }
+
+    /// [`snapshot`](Self::snapshot) with the transit percentiles, for the
+    /// control socket.
+    pub fn snapshot_with_transit(&mut self) -> EndpointSnapshot {
+        EndpointSnapshot {
+            transit: self.stats.transit_summary(),
+            ..self.snapshot()
         }
     }
 }

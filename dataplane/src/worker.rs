@@ -412,7 +412,7 @@ impl Worker {
                         .by_id
                         .get(&id)
                         .and_then(|&i| self.slots[i].as_mut())
-                        .map(|s| s.endpoint.snapshot());
+                        .map(|s| s.endpoint.snapshot_with_transit());
                     let _ = reply.send(snap);
                 }
                 Command::Stop => return true,
@@ -481,7 +481,7 @@ impl Worker {
         self.by_id.remove(&slot.id);
         self.free.push(index);
         self.metrics.endpoints.fetch_sub(1, Ordering::Relaxed);
-        let snap = slot.endpoint.snapshot();
+        let snap = slot.endpoint.snapshot_with_transit();
         if let Some(r) = self.retired.get_mut(slot.tenant) {
             r.add(&snap);
         }

@@ -165,6 +165,15 @@ fn impaired_stream(engine: &'static str, test_index: u16) {
         "jitter {} ms outside 1..=15 ms",
         rx.jitter_ms
     );
+    // |D| of U[0, 10 ms] queueing differences: spread over 0..10 ms, so the
+    // median is a few ms and the tail reaches towards 10 ms.
+    let t = rx.transit_ms.expect("transit percentiles");
+    assert!(
+        t.p50 <= t.p90 && t.p90 <= t.p99 && t.p99 <= t.max,
+        "percentiles out of order: {t:?}"
+    );
+    assert!((0.5..=10.0).contains(&t.p50), "median |D| {t:?}");
+    assert!(t.p99 >= 5.0 && t.max < 1000.0, "tail of |D| {t:?}");
 
     // Frames: strictly consecutive, starting at the first packet.
     assert!(frames.len() > N, "only {} frames", frames.len());

@@ -380,6 +380,24 @@ pub struct RxStats {
     pub wrong_payload_type: u64,
     /// RTCP packets received.
     pub rtcp_packets: u64,
+    /// Percentiles of the per-packet transit variation (RFC 3550's |D|),
+    /// from kernel receive timestamps; absent before the second packet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transit_ms: Option<TransitPercentiles>,
+}
+
+/// Percentiles of a stream's per-packet transit variation, ms (1 %
+/// resolution; values of 1 s and more read as 1000).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct TransitPercentiles {
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Largest.
+    pub max: f64,
 }
 
 /// Jitter buffer statistics, in 20 ms frames unless named otherwise.

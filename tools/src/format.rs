@@ -245,6 +245,18 @@ pub fn stats(s: &EndpointStats) -> String {
                 format!("{:.2} ms (max {:.2} ms)", rx.jitter_ms, rx.max_jitter_ms),
             ),
             (
+                "transit var.",
+                rx.transit_ms.map_or_else(
+                    || "-".to_owned(),
+                    |t| {
+                        format!(
+                            "p50 {:.2} p90 {:.2} p99 {:.2} max {:.2} ms",
+                            t.p50, t.p90, t.p99, t.max
+                        )
+                    },
+                ),
+            ),
+            (
                 "ssrc",
                 format!(
                     "{} ({} change{})",
