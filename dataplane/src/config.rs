@@ -152,7 +152,10 @@ impl Default for EndpointSection {
             relatch_after_ms: 2_000,
             silent_after_ms: 1_000,
             tap_ring_frames: 16,
-            play_ring_frames: 50,
+            // 320 ms: a client that sends faster is slowed down by the media
+            // socket (the tap stops reading it while the ring is full), so a
+            // deeper ring only holds more memory per endpoint.
+            play_ring_frames: 16,
         }
     }
 }
