@@ -54,22 +54,15 @@ impl Default for Config {
             controlplane: ControlplaneSection::default(),
             dataplane: DataplaneConfig::default(),
             ami: AmiConfig {
-                // What the channel tracker uses: Asterisk filters the rest
-                // out before sending (a busy PBX sends dozens of events per
-                // call, most of them of no use here).
-                events: [
-                    "FullyBooted",
-                    "Newchannel",
-                    "Newstate",
-                    "VarSet",
-                    "DialBegin",
-                    "DialEnd",
-                    "Hangup",
-                    "BridgeEnter",
-                    "BridgeLeave",
-                ]
-                .map(str::to_owned)
-                .to_vec(),
+                // What the call flow reads from AMI: a channel's facts for
+                // tenant routing (Newchannel, VarSet) and its hangup cause.
+                // Asterisk filters the rest out before sending: a busy PBX
+                // sends dozens of events per call, most of no use here. Add
+                // Newstate, DialBegin, DialEnd, BridgeEnter and BridgeLeave
+                // for the tracker's full channel picture.
+                events: ["FullyBooted", "Newchannel", "VarSet", "Hangup"]
+                    .map(str::to_owned)
+                    .to_vec(),
                 ..AmiConfig::default()
             },
             ari: AriConfig::default(),

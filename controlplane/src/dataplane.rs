@@ -18,7 +18,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use mediagw_shared::control::{
-    self, Call, DEFAULT_MAX_SERVER_LINE, ErrorBody, ErrorCode, Event, Hello, LineFramer,
+    self, Call, DEFAULT_MAX_SERVER_LINE, ErrorBody, ErrorCode, Event, EventKind, Hello, LineFramer,
     PROTOCOL_VERSION, Request, ServerMessage, Subscribe, decode_reply, encode_request,
     parse_server_message,
 };
@@ -171,8 +171,9 @@ impl Dataplane {
         }
     }
 
-    /// The dataplane's pushed events (endpoint latched, silent, destroyed,
-    /// ...). A receiver that falls behind by more than 4096 events lags.
+    /// The dataplane's pushed events the control plane subscribes to
+    /// (`endpoint.destroyed`, `draining`). A receiver that falls behind by
+    /// more than 4096 events lags.
     pub fn events(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
     }
@@ -288,7 +289,16 @@ impl DataplaneLink {
                 client: CLIENT_NAME.to_owned(),
             },
         );
-        let subscribe = Request::new(2, Subscribe::default());
+        // Only what the call flow reads: a destroyed endpoint (its call
+        // re-attaches) and draining. Latched, receiving and silent events
+        // come per call and would only be parsed and dropped.
+        let subscribe = Request::new(
+            2,
+            Subscribe {
+                events: Some(vec![EventKind::Destroyed, EventKind::Draining]),
+                tenant: None,
+            },
+        );
         for req in [hello, subscribe] {
             let id = req.id;
             stream
