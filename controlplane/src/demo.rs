@@ -26,11 +26,12 @@ use mediagw_shared::ids::{SessionId, TenantId};
 use serde::{Deserialize, Serialize};
 use tokio::net::UdpSocket;
 
+use crate::callflow::now_ms;
 use crate::dataplane::Dataplane;
 use crate::error::{Error, Result};
 use crate::metrics::{Metrics, TenantLabel};
 use crate::service::{Service, Shutdown};
-use crate::session::{Direction, Session, SessionEvent, SessionState, SessionStore, Store, UnixMs};
+use crate::session::{Direction, Session, SessionEvent, SessionState, SessionStore, Store};
 
 /// `[demo]`
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -319,11 +320,6 @@ async fn send_rtp(
         sent += 1;
     }
     Ok(sent)
-}
-
-#[allow(clippy::disallowed_methods)] // a driver: sessions carry wall-clock times
-fn now_ms() -> UnixMs {
-    UnixMs::from(std::time::SystemTime::now())
 }
 
 impl Service for Demo {

@@ -155,7 +155,8 @@ pub fn bridge_session(id: &str) -> Option<&str> {
     id.strip_prefix("mediagw-").filter(|s| !s.is_empty())
 }
 
-/// Now as unix milliseconds: the call flow is a driver and reads the clock.
+/// Now as unix milliseconds, for session times: the call flow and the demo
+/// are drivers and read the clock.
 #[allow(clippy::disallowed_methods)] // a driver: sessions carry wall-clock times
 pub(crate) fn now_ms() -> UnixMs {
     UnixMs::from(SystemTime::now())
