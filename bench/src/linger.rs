@@ -3,7 +3,7 @@
 //! (the default 1 ms tick, batch 32), for both engines. A sender spreads
 //! 172-byte datagrams evenly (not in bursts) over one second.
 //!
-//! This was the `#[ignore]`d `measure_linger` test of
+//! This was the ignored `measure_linger` test of
 //! `dataplane/tests/net_engine.rs`; performance is shown by the benchmark
 //! harness, never by timed tests.
 
