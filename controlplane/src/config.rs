@@ -111,7 +111,9 @@ impl Config {
             }
             fig = fig.merge(Toml::file(path));
         }
-        Self::from_figment(fig.merge(Env::prefixed(ENV_PREFIX).split("__")))
+        // `<PREFIX>CONFIG` names the file (the command line's `--config`),
+        // not a key.
+        Self::from_figment(fig.merge(Env::prefixed(ENV_PREFIX).ignore(&["config"]).split("__")))
     }
 
     /// Parses a TOML string over the defaults (tests, `--check`).
@@ -177,6 +179,19 @@ mod tests {
         assert!(cfg.tenants[0].record);
         let rules = cfg.rules().unwrap();
         assert_eq!(rules.tenants().count(), 2);
+    }
+
+    #[test]
+    fn environment_overrides_keys_but_not_with_the_config_file_variable() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("MEDIAGW_CP_CONFIG", "/etc/mediagw/controlplane.toml");
+            jail.set_env("MEDIAGW_CP_SESSIONS__BACKEND", "redis");
+            jail.set_env("MEDIAGW_CP_CALLS__SETUP_TIMEOUT_MS", "2500");
+            let cfg = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(cfg.calls.setup_timeout_ms, 2500);
+            assert_eq!(format!("{:?}", cfg.sessions.backend), "Redis");
+            Ok(())
+        });
     }
 
     #[test]

@@ -195,7 +195,9 @@ impl Config {
             }
             fig = fig.merge(Toml::file(path));
         }
-        Self::from_figment(fig.merge(Env::prefixed(ENV_PREFIX).split("__")))
+        // `<PREFIX>CONFIG` names the file (the command line's `--config`),
+        // not a key.
+        Self::from_figment(fig.merge(Env::prefixed(ENV_PREFIX).ignore(&["config"]).split("__")))
     }
 
     /// Parses a TOML string over the defaults (tests, `--check`).
