@@ -182,6 +182,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail takes figment's own error type
     fn environment_overrides_keys_but_not_with_the_config_file_variable() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("MEDIAGW_CP_CONFIG", "/etc/mediagw/controlplane.toml");

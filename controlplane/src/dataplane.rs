@@ -349,13 +349,28 @@ impl DataplaneLink {
                 },
                 req = self.requests.recv() => {
                     let Some(p) = req else { break "no more handles".to_owned() };
+                    // Its caller gave up (a timeout, maybe while the link was
+                    // down): sending it now could act on another endpoint
+                    // that took its id after a dataplane restart.
+                    if p.reply.is_closed() {
+                        continue;
+                    }
                     let id = next_id;
                     next_id += 1;
                     let name = p.op.name();
                     let line = encode_request(&Request { id, op: p.op });
-                    if let Err(e) = stream.write_all(line.as_bytes()).await {
-                        let _ = p.reply.send(Err(unavailable("write to the control socket").with_cause(e)));
-                        break "write failed".to_owned();
+                    let write_limit = Duration::from_millis(self.cfg.request_timeout_ms);
+                    match tokio::time::timeout(write_limit, stream.write_all(line.as_bytes())).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            let _ = p.reply.send(Err(unavailable("write to the control socket").with_cause(e)));
+                            break "write failed".to_owned();
+                        }
+                        // A dataplane that stops reading is as good as gone.
+                        Err(_) => {
+                            let _ = p.reply.send(Err(unavailable("the control socket takes no more requests")));
+                            break "the dataplane stopped reading its control socket".to_owned();
+                        }
                     }
                     pending.retain(|_, (_, tx)| !tx.is_closed());
                     pending.insert(id, (name, p.reply));

@@ -33,6 +33,10 @@ use crate::metrics::{Metrics, TenantLabel};
 use crate::service::{Service, Shutdown};
 use crate::session::{Direction, Session, SessionEvent, SessionState, SessionStore, Store};
 
+/// The session metadata key that marks a demo call (reconciliation leaves
+/// those alone: they have no Asterisk channel).
+pub const DEMO_KEY: &str = "demo";
+
 /// `[demo]`
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -167,6 +171,9 @@ impl Demo {
 
     async fn slot(&self, slot: u32, tenant: TenantId, codec: Codec, shutdown: Shutdown) {
         let mut n: u64 = 0;
+        // Session ids differ from one start to the next (a shared store may
+        // still hold the last run's).
+        let boot: u16 = rand::random();
         // Stagger the slots so calls do not all start and end together.
         let stagger = Duration::from_millis(u64::from(slot) * 1_500);
         tokio::select! { () = shutdown.cancelled() => return, () = tokio::time::sleep(stagger) => {} }
@@ -180,7 +187,7 @@ impl Demo {
                 }
             }
             n += 1;
-            let id = format!("demo-{slot}-{n}");
+            let id = format!("demo-{boot:04x}-{slot}-{n}");
             if let Err(e) = self.call(&tenant, &id, codec, slot, &shutdown).await {
                 tracing::warn!(session = id, error = %e, "demo call failed; the next one follows");
             }
@@ -211,6 +218,7 @@ impl Demo {
         );
         session.codec = Some(codec.to_string());
         session.caller = Some("demo".into());
+        let _ = session.set_metadata(DEMO_KEY, "true", now_ms());
         let created = self
             .dataplane
             .call(EndpointCreate::new(tenant.clone(), session_id, codec))

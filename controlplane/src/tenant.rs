@@ -4,9 +4,10 @@
 //! tenant from what is known about it when it reaches the gateway, in this
 //! order, first match wins:
 //!
-//! 1. a **channel variable** (default `MEDIAGW_TENANT`) whose value is the
+//! 1. a **Stasis argument** `tenant=acme` (`Stasis(mediagw,tenant=acme)`):
+//!    the most explicit, written where the call is sent to the gateway;
+//! 2. a **channel variable** (default `MEDIAGW_TENANT`) whose value is the
 //!    tenant id, set in the dialplan with `Set(MEDIAGW_TENANT=acme)`;
-//! 2. a **Stasis argument** `tenant=acme` (`Stasis(mediagw,tenant=acme)`);
 //! 3. the tenants' **rules**, in configuration order: the dialplan
 //!    `context` the call came from, or the **dialled number** (the
 //!    extension) matching one of the tenant's patterns;
@@ -221,21 +222,14 @@ impl TenantRules {
     /// (answer, ulaw, no recording); one whose name is not a valid tenant id
     /// is unrouted.
     pub fn route(&self, facts: &CallFacts) -> Option<Policy> {
+        if let Some(name) = self.tenant_arg(&facts.args) {
+            return self.named(name, "arg");
+        }
         if let Some(var) = self.variable()
             && let Some(value) = facts.variables.get(var)
             && !value.is_empty()
         {
             return self.named(value, "variable");
-        }
-        if !self.routing.arg_key.is_empty() {
-            let key = &self.routing.arg_key;
-            for arg in &facts.args {
-                if let Some((k, v)) = arg.split_once('=')
-                    && k.trim() == key
-                {
-                    return self.named(v.trim(), "arg");
-                }
-            }
         }
         for (id, t) in &self.tenants {
             if !facts.context.is_empty() && t.contexts.contains(&facts.context) {
@@ -247,6 +241,23 @@ impl TenantRules {
             }
         }
         self.default.as_ref().map(|d| self.policy_of(d, "default"))
+    }
+
+    /// Whether the Stasis arguments name the tenant (`tenant=acme`): then
+    /// routing needs no channel variable.
+    pub fn names_tenant_in_args(&self, args: &[String]) -> bool {
+        self.tenant_arg(args).is_some()
+    }
+
+    fn tenant_arg<'a>(&self, args: &'a [String]) -> Option<&'a str> {
+        let key = self.routing.arg_key.as_str();
+        if key.is_empty() {
+            return None;
+        }
+        args.iter().find_map(|arg| {
+            let (k, v) = arg.split_once('=')?;
+            (k.trim() == key).then_some(v.trim())
+        })
     }
 
     fn named(&self, value: &str, how: &'static str) -> Option<Policy> {
@@ -323,20 +334,22 @@ mod tests {
     }
 
     #[test]
-    fn variable_beats_argument_beats_rules() {
+    fn argument_beats_variable_beats_rules() {
         let r = rules(None);
         let mut f = facts("from-acme", "5551234");
         assert_eq!(r.route(&f).unwrap().tenant.as_str(), "acme");
-        f.args = vec!["inbound".into(), "tenant=globex".into()];
-        let p = r.route(&f).unwrap();
-        assert_eq!((p.tenant.as_str(), p.matched_by), ("globex", "arg"));
-        assert_eq!(p.format, MediaFormat::Slin16);
         f.variables
             .insert("MEDIAGW_TENANT".into(), "initech".into());
         let p = r.route(&f).unwrap();
         assert_eq!((p.tenant.as_str(), p.matched_by), ("initech", "variable"));
         // Not configured: default policy.
         assert!(p.answer && !p.record && p.format == MediaFormat::Ulaw);
+        f.args = vec!["inbound".into(), "tenant=globex".into()];
+        assert!(r.names_tenant_in_args(&f.args));
+        let p = r.route(&f).unwrap();
+        assert_eq!((p.tenant.as_str(), p.matched_by), ("globex", "arg"));
+        assert_eq!(p.format, MediaFormat::Slin16);
+        assert!(!r.names_tenant_in_args(&["x=y".to_owned()]));
     }
 
     #[test]

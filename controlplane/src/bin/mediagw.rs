@@ -7,8 +7,8 @@
 //! restarted with backoff (the other keeps running: calls survive a control
 //! plane restart, and the control plane re-attaches calls after a dataplane
 //! restart); one that dies five times within a minute stops everything.
-//! Ctrl-C or SIGTERM stops the control plane first, then the dataplane,
-//! each given time to drain.
+//! Ctrl-C, SIGTERM or SIGHUP stops the control plane first, then the
+//! dataplane, each given time to drain.
 //!
 //! Under systemd, run the two daemons as units of their own instead (each
 //! then restarts on its own); this is for a terminal, a demo, a developer.
@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use rustix::process::{Pid, Signal, kill_process};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 /// Runs the mediagw dataplane and control plane together, supervised.
@@ -258,8 +258,10 @@ fn run(args: Args) -> Result<(), String> {
     };
 
     let stop = Arc::new(AtomicBool::new(false));
-    let mut signals =
-        Signals::new([SIGINT, SIGTERM]).map_err(|e| format!("cannot catch signals: {e}"))?;
+    // SIGHUP too: a closed terminal stops the daemons with us (they run in
+    // their own process group and would not get it).
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .map_err(|e| format!("cannot catch signals: {e}"))?;
     let s = stop.clone();
     thread::spawn(move || {
         if signals.forever().next().is_some() {

@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mediagw_shared::control::{
-    EndpointCreate, EndpointCreated, EndpointDestroy, EndpointStatsQuery, Event as DpEvent,
+    EndpointCreate, EndpointCreated, EndpointDestroy, EndpointList, EndpointStatsQuery,
+    Event as DpEvent,
 };
 use mediagw_shared::ids::{EndpointId, SessionId, TenantId};
 use serde::Serialize;
@@ -90,11 +91,15 @@ struct Call {
     format: MediaFormat,
     record: bool,
     endpoint: Option<(EndpointId, SocketAddr)>,
+    /// The dataplane connection generation the endpoint was created in (0:
+    /// unknown, an adopted call). After a dataplane restart its endpoint ids
+    /// start over, so an id from an older generation is checked before use.
+    endpoint_gen: u64,
     /// externalMedia channels created so far (ids are numbered).
     media_n: u32,
     media: Option<ChannelId>,
-    /// externalMedia channels we are hanging up ourselves: their StasisEnd
-    /// is no surprise.
+    /// Old externalMedia channels of ours, replaced by a re-attach: hung up
+    /// (again at teardown if that failed); their end is no surprise.
     retiring: Vec<ChannelId>,
     bridge: Option<BridgeId>,
     gone: Option<String>,
@@ -103,6 +108,9 @@ struct Call {
     media_lost: bool,
     reattached: u32,
     started: Instant,
+    /// When the current externalMedia channel and bridge were in place
+    /// (`None` while being attached).
+    attached_at: Option<tokio::time::Instant>,
 }
 
 /// A call that just entered the application.
@@ -147,6 +155,7 @@ pub(crate) async fn run_new(
         format: policy.format,
         record: policy.record,
         endpoint: None,
+        endpoint_gen: 0,
         media_n: 0,
         media: None,
         retiring: Vec::new(),
@@ -156,6 +165,7 @@ pub(crate) async fn run_new(
         media_lost: false,
         reattached: 0,
         started: begun,
+        attached_at: None,
     };
     tracing::debug!(
         session = %call.session.id,
@@ -253,8 +263,9 @@ pub(crate) async fn run_adopted(
         rx,
         caller,
         format,
-        record: false,
+        record: s.recording.is_some(),
         endpoint,
+        endpoint_gen: 0,
         media_n,
         media: adopt.media,
         retiring: Vec::new(),
@@ -264,6 +275,8 @@ pub(crate) async fn run_adopted(
         media_lost: !whole,
         reattached: 0,
         started: now_instant(),
+        // Adopted from lists taken before this task existed.
+        attached_at: Some(tokio::time::Instant::now()),
         session: s,
     };
     gauge(&ctx, &tenant, 1);
@@ -312,6 +325,7 @@ impl Call {
             .await?;
         if let Ok(c) = &created {
             self.endpoint = Some((c.endpoint, c.local_addr));
+            self.endpoint_gen = ctx.dataplane.state().borrow().generation;
         }
         match answered {
             // The caller's channel is gone: it hung up before the answer.
@@ -327,10 +341,8 @@ impl Call {
             let _ = self.session.transition(SessionState::Answered, now);
         }
         let _ = self.session.transition(SessionState::MediaConnecting, now);
+        // A loss during the attach is the live loop's to repair.
         self.attach_media().await?;
-        if self.record {
-            self.start_recording().await;
-        }
         let from = self.session.state();
         let _ = self.session.transition(SessionState::Active, now_ms());
         self.save().await;
@@ -338,12 +350,19 @@ impl Call {
         Ok(())
     }
 
-    /// externalMedia to our endpoint ∥ the bridge; then both into it.
-    async fn attach_media(&mut self) -> Result<(), Stop> {
+    /// externalMedia to our endpoint ∥ the bridge (created if missing);
+    /// then the channel, and the caller unless it is already there, into
+    /// the bridge; the recording (re)started if the bridge is new. A loss
+    /// noticed meanwhile (endpoint destroyed, bridge gone) fails the attempt
+    /// so that the next one rebuilds it.
+    async fn attach_media(&mut self) -> Result<bool, Stop> {
         let ctx = self.ctx.clone();
         let Some((endpoint, addr)) = self.endpoint else {
             return Err(Stop::Failed(Error::internal("no endpoint to attach")));
         };
+        // Losses from here on count against this attempt.
+        self.media_lost = false;
+        self.attached_at = None;
         self.media_n += 1;
         let media = media_channel_id(&self.session.id, self.media_n);
         let em = ExternalMedia {
@@ -386,25 +405,40 @@ impl Call {
             self.bridge = Some(bridge.clone());
         }
         em_result.map_err(Stop::Failed)?;
-        bridge_result.map_err(Stop::Failed)?;
+        let created_bridge = bridge_result.map_err(Stop::Failed)?;
         self.gone_check()?;
-        // The caller may already be in the bridge (a re-attach): adding it
-        // again is refused by Asterisk only when it is elsewhere.
-        let members = if need_bridge {
-            vec![self.caller.clone(), media.clone()]
+        // A bridge that existed already (a re-attach, an adopted call) may
+        // or may not hold the caller: a setup cut short between creating it
+        // and adding to it leaves it without.
+        let caller_in = if created_bridge {
+            false
         } else {
+            let b = self.step(ctx.ari.bridge(&bridge)).await?;
+            b.map_err(Stop::Failed)?.channels.contains(&self.caller)
+        };
+        let members = if caller_in {
             vec![media.clone()]
+        } else {
+            vec![self.caller.clone(), media.clone()]
         };
         self.step(ctx.ari.add_channels(&bridge, &members))
             .await?
             .map_err(Stop::Failed)?;
         self.gone_check()?;
+        if created_bridge && self.record {
+            self.start_recording().await;
+        }
         self.session.endpoint = Some(endpoint);
         self.session.endpoint_addr = Some(addr.to_string());
         self.session.external_channel = Some(media.as_str().to_owned());
         self.session.bridge = Some(bridge.as_str().to_owned());
-        self.media_lost = false;
-        Ok(())
+        // Something noticed meanwhile (endpoint destroyed, bridge or channel
+        // gone) leaves `media_lost` set: the live loop rebuilds.
+        let intact =
+            !self.media_lost && self.endpoint == Some((endpoint, addr)) && self.bridge.is_some();
+        self.media_lost = !intact;
+        self.attached_at = Some(tokio::time::Instant::now());
+        Ok(intact)
     }
 
     async fn start_recording(&mut self) {
@@ -476,17 +510,35 @@ impl Call {
             }
             CallInput::Dataplane(_) => {}
             CallInput::DataplaneBack => {
-                if let Some((id, _)) = self.endpoint
-                    && let Err(e) = self
-                        .ctx
-                        .dataplane
-                        .call(EndpointStatsQuery { endpoint: id })
-                        .await
-                    && e.kind() == ErrorKind::NotFound
-                {
-                    tracing::warn!(session = %self.session.id, endpoint = %id, "endpoint gone after the dataplane came back");
-                    self.endpoint = None;
+                if !self.endpoint_is_ours().await {
+                    if let Some((id, _)) = self.endpoint.take() {
+                        tracing::warn!(session = %self.session.id, endpoint = %id, "endpoint gone after the dataplane came back");
+                    }
                     self.media_lost = true;
+                }
+            }
+            CallInput::Check {
+                channels,
+                bridges,
+                listed_at,
+            } => {
+                // Only what existed when Asterisk was asked can be missing
+                // from its answer.
+                if self.gone.is_none() && self.attached_at.is_some_and(|t| t < listed_at) {
+                    if let Some(m) = &self.media
+                        && !channels.contains(m.as_str())
+                    {
+                        tracing::warn!(session = %self.session.id, channel = %m, "our externalMedia channel is gone; re-attaching");
+                        self.media = None;
+                        self.media_lost = true;
+                    }
+                    if let Some(b) = &self.bridge
+                        && !bridges.contains(b.as_str())
+                    {
+                        tracing::warn!(session = %self.session.id, bridge = %b, "our bridge is gone; re-attaching");
+                        self.bridge = None;
+                        self.media_lost = true;
+                    }
                 }
             }
             CallInput::Hangup(tx) => {
@@ -575,7 +627,6 @@ impl Call {
                     Err(Stop::Failed(e)) => {
                         if since.elapsed()
                             > Duration::from_millis(self.ctx.cfg.media_wait_ms.max(1))
-                            && e.kind() != ErrorKind::Unavailable
                         {
                             tracing::warn!(session = %self.session.id, error = %e, "media cannot be re-attached; hanging up");
                             let _ = self.ctx.ari.hangup(&self.caller, Some("normal")).await;
@@ -625,6 +676,17 @@ impl Call {
                 .session
                 .transition(SessionState::MediaConnecting, now_ms());
         }
+        // The old externalMedia channel goes first: after a dataplane
+        // restart its port may already serve another call, and its audio
+        // must not reach that one.
+        if let Some(old) = self.media.take() {
+            self.retiring.push(old.clone());
+            if let Err(e) = self.ctx.ari.hangup(&old, None).await
+                && e.kind() != ErrorKind::NotFound
+            {
+                tracing::warn!(session = %self.session.id, channel = %old, error = %e, "old externalMedia channel not hung up; again at teardown");
+            }
+        }
         if self.endpoint.is_none() {
             let ctx = self.ctx.clone();
             let (tenant, id) = (self.session.tenant.clone(), self.session.id.clone());
@@ -633,17 +695,15 @@ impl Call {
                 .await?
                 .map_err(Stop::Failed)?;
             self.endpoint = Some((created.endpoint, created.local_addr));
+            self.endpoint_gen = ctx.dataplane.state().borrow().generation;
             self.gone_check()?;
         }
-        let old = self.media.take();
-        self.attach_media().await?;
-        if let Some(old) = old {
-            self.retiring.push(old.clone());
-            if let Err(e) = self.ctx.ari.hangup(&old, None).await
-                && e.kind() != ErrorKind::NotFound
-            {
-                tracing::warn!(session = %self.session.id, channel = %old, error = %e, "old externalMedia channel not hung up");
-            }
+        if !self.attach_media().await? {
+            return Err(Stop::Failed(Error::new(
+                ErrorKind::Unavailable,
+                crate::error::Party::Internal,
+                "the media path was lost again while being attached",
+            )));
         }
         let from = self.session.state();
         let _ = self.session.transition(SessionState::Active, now_ms());
@@ -660,37 +720,67 @@ impl Call {
         let ctx = self.ctx.clone();
         let now = now_ms();
         let _ = self.session.transition(SessionState::Ending, now);
-        let destroy_endpoint = async {
-            match self.endpoint {
-                Some((id, _)) => match ctx.dataplane.call(EndpointDestroy { endpoint: id }).await {
-                    Ok(stats) => Some(stats),
-                    Err(e) => {
-                        if e.kind() != ErrorKind::NotFound {
-                            tracing::warn!(session = %self.session.id, endpoint = %id, error = %e, "endpoint not destroyed");
-                        }
-                        None
-                    }
-                },
-                None => None,
+        // What the call may have created, by what we know and, where a step
+        // was cut short (a timeout, a crash), by the ids only we use.
+        let current_gen = ctx.dataplane.state().borrow().generation;
+        let endpoints: Vec<EndpointId> = match self.endpoint {
+            // Created on this dataplane connection: the id is ours.
+            Some((id, _)) if self.endpoint_gen == current_gen => vec![id],
+            // After a dataplane restart ids start over: ours only if the
+            // dataplane says so.
+            Some((id, _)) => {
+                if self.endpoint_is_ours().await {
+                    vec![id]
+                } else {
+                    Vec::new()
+                }
             }
+            None => self.endpoints_named_after_us().await,
+        };
+        let mut channels: Vec<ChannelId> = self.retiring.clone();
+        match &self.media {
+            Some(m) => channels.push(m.clone()),
+            // The last externalMedia request may have gone out unanswered.
+            None if self.media_n > 0 => {
+                channels.push(media_channel_id(&self.session.id, self.media_n));
+            }
+            None => {}
+        }
+        let bridge = self
+            .bridge
+            .clone()
+            .unwrap_or_else(|| bridge_id(&self.session.id));
+        let session = &self.session.id;
+        let destroy_endpoints = async {
+            let mut last = None;
+            for id in endpoints {
+                match ctx.dataplane.call(EndpointDestroy { endpoint: id }).await {
+                    Ok(stats) => last = Some(stats),
+                    Err(e) if e.kind() == ErrorKind::NotFound => {}
+                    Err(e) => {
+                        tracing::warn!(%session, endpoint = %id, error = %e, "endpoint not destroyed");
+                    }
+                }
+            }
+            last
         };
         let hangup_media = async {
-            if let Some(m) = &self.media
-                && let Err(e) = ctx.ari.hangup(m, None).await
-                && e.kind() != ErrorKind::NotFound
-            {
-                tracing::warn!(session = %self.session.id, channel = %m, error = %e, "externalMedia channel not hung up");
+            for m in &channels {
+                if let Err(e) = ctx.ari.hangup(m, None).await
+                    && e.kind() != ErrorKind::NotFound
+                {
+                    tracing::warn!(%session, channel = %m, error = %e, "externalMedia channel not hung up");
+                }
             }
         };
         let destroy_bridge = async {
-            if let Some(b) = &self.bridge
-                && let Err(e) = ctx.ari.destroy_bridge(b).await
+            if let Err(e) = ctx.ari.destroy_bridge(&bridge).await
                 && e.kind() != ErrorKind::NotFound
             {
-                tracing::warn!(session = %self.session.id, bridge = %b, error = %e, "bridge not destroyed");
+                tracing::warn!(%session, bridge = %bridge, error = %e, "bridge not destroyed");
             }
         };
-        let (stats, (), ()) = tokio::join!(destroy_endpoint, hangup_media, destroy_bridge);
+        let (stats, (), ()) = tokio::join!(destroy_endpoints, hangup_media, destroy_bridge);
         if let Some(stats) = &stats {
             self.session.final_stats = serde_json::to_value(stats).ok();
         }
@@ -720,6 +810,41 @@ impl Call {
             concealed = stats.as_ref().map(|s| s.jitter_buffer.concealed),
             "call ended"
         );
+    }
+
+    /// Whether the dataplane's endpoint of our id is ours: ids start over
+    /// when the dataplane restarts. An unanswered question counts as yes
+    /// (the next reconnection asks again).
+    async fn endpoint_is_ours(&self) -> bool {
+        let Some((id, _)) = self.endpoint else {
+            return false;
+        };
+        match self
+            .ctx
+            .dataplane
+            .call(EndpointStatsQuery { endpoint: id })
+            .await
+        {
+            Ok(s) => s.session == self.session.id && s.tenant == self.session.tenant,
+            Err(e) => e.kind() != ErrorKind::NotFound,
+        }
+    }
+
+    /// Endpoints the dataplane holds for this session (a create that was
+    /// cut short before its answer reached us).
+    async fn endpoints_named_after_us(&self) -> Vec<EndpointId> {
+        let list = EndpointList {
+            tenant: Some(self.session.tenant.clone()),
+        };
+        match self.ctx.dataplane.call(list).await {
+            Ok(l) => l
+                .endpoints
+                .into_iter()
+                .filter(|e| e.session == self.session.id)
+                .map(|e| e.endpoint)
+                .collect(),
+            Err(_) => Vec::new(),
+        }
     }
 
     /// Writes the session; a conflict (another writer) reloads the stored
@@ -809,17 +934,20 @@ async fn route(ctx: &Context, start: &StasisStart) -> Option<Policy> {
         variables: ch.channelvars.clone().unwrap_or_default(),
     };
     // Asterisk puts channel variables in the snapshot only when ari.conf
-    // lists them (`channelvars`); otherwise ask for the one we route by.
+    // lists them (`channelvars`); otherwise ask for the one we route by,
+    // unless a Stasis argument names the tenant (it comes first).
     if ch.channelvars.is_none()
         && let Some(var) = ctx.rules.variable()
-        && !start.args.iter().any(|a| a.contains('='))
+        && !ctx.rules.names_tenant_in_args(&start.args)
     {
         match ctx.ari.variable(&ch.id, var).await {
             Ok(Some(v)) => {
                 facts.variables.insert(var.to_owned(), v);
             }
             Ok(None) => {}
-            Err(e) => tracing::debug!(channel = %ch.id, error = %e, "tenant variable not read"),
+            Err(e) => {
+                tracing::warn!(channel = %ch.id, variable = var, error = %e, "tenant variable not read; routing by the other rules");
+            }
         }
     }
     ctx.rules.route(&facts)

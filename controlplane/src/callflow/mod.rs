@@ -62,7 +62,8 @@ pub const CALL_FLOW_EVENTS: [&str; 4] = [
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CallConfig {
-    /// How long the whole setup may take before the call is given up, ms.
+    /// How long the whole setup may take before the call is given up, ms
+    /// (longer than `media_wait_ms`, so that a setup can wait that long).
     pub setup_timeout_ms: u64,
     /// Recording file format (Asterisk's: wav, gsm, ...).
     pub recording_format: String,
@@ -70,15 +71,16 @@ pub struct CallConfig {
     pub recording_max_s: u32,
     /// How often a live call tells the session store it is alive, ms.
     pub touch_interval_ms: u64,
-    /// How long a call waits for a dataplane that is down before it gives
-    /// up, ms.
+    /// How long a call waits for its media path (a dataplane that is down,
+    /// Asterisk refusing the externalMedia channel) before it is hung up,
+    /// ms: at setup, and after losing it mid-call.
     pub media_wait_ms: u64,
 }
 
 impl Default for CallConfig {
     fn default() -> Self {
         Self {
-            setup_timeout_ms: 10_000,
+            setup_timeout_ms: 15_000,
             recording_format: "wav".to_owned(),
             recording_max_s: 0,
             touch_interval_ms: 60_000,
@@ -176,6 +178,16 @@ pub(crate) enum CallInput {
     DataplaneBack,
     /// ARI reconnected and the caller channel is gone.
     Gone(String),
+    /// ARI reconnected: the channels and bridges that exist now, for the
+    /// call to check its externalMedia channel and bridge.
+    Check {
+        /// Channel ids.
+        channels: Arc<std::collections::HashSet<String>>,
+        /// Bridge ids.
+        bridges: Arc<std::collections::HashSet<String>>,
+        /// When they were listed.
+        listed_at: tokio::time::Instant,
+    },
     /// Hang up the caller (API, operator).
     Hangup(oneshot::Sender<Result<()>>),
     /// Report yourself.
@@ -234,14 +246,23 @@ impl CallFlow {
         self.ask(Request::Calls).await
     }
 
+    /// Asks the dispatcher; an answer that takes over 10 s (a hangup whose
+    /// teardown never comes) is a timeout, not a hang.
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Request) -> Result<T> {
         let (tx, rx) = oneshot::channel();
         self.requests
             .send(make(tx))
             .await
             .map_err(|_| Error::internal("the call flow has stopped"))?;
-        rx.await
-            .map_err(|_| Error::internal("the call flow dropped the request"))
+        match tokio::time::timeout(Duration::from_secs(10), rx).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(_)) => Err(Error::internal("the call flow dropped the request")),
+            Err(_) => Err(Error::new(
+                ErrorKind::Timeout,
+                Party::Internal,
+                "the call flow did not answer within 10 s",
+            )),
+        }
     }
 }
 
@@ -298,9 +319,26 @@ impl Dispatcher {
         let mut dp_state = self.ctx.dataplane.state();
         let mut dp_generation = dp_state.borrow().generation;
         let mut ari_up = false;
+        // A reconciliation that failed (Redis or Asterisk still starting)
+        // is retried until one succeeds.
+        let mut retry_at: Option<tokio::time::Instant> = None;
+        let mut retry_delay = Duration::from_millis(500);
         loop {
+            let retry = async {
+                match retry_at {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = shutdown.cancelled() => break,
+                () = retry => {
+                    retry_at = None;
+                    if ari_up && !self.reconcile().await {
+                        retry_delay = (retry_delay * 2).min(Duration::from_secs(30));
+                        retry_at = Some(tokio::time::Instant::now() + retry_delay);
+                    }
+                }
                 signal = self.ari_events.recv() => match signal {
                     None if shutdown.is_cancelled() => break,
                     None => return Err(Error::internal("the ARI event stream ended")),
@@ -311,7 +349,9 @@ impl Dispatcher {
                         if let Err(e) = self.ctx.ari.set_event_filter(&CALL_FLOW_EVENTS).await {
                             tracing::info!(error = %e, "ARI event filter not set; every event type comes");
                         }
-                        self.reconcile().await;
+                        retry_delay = Duration::from_millis(500);
+                        retry_at = (!self.reconcile().await)
+                            .then(|| tokio::time::Instant::now() + retry_delay);
                     }
                     Some(AriSignal::Disconnected { reason }) => {
                         ari_up = false;
@@ -324,9 +364,11 @@ impl Dispatcher {
                 event = dp_events.recv() => match event {
                     Ok(e) => self.on_dataplane(e),
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(missed = n, "dataplane events lagged; reconciling");
-                        if ari_up {
-                            self.reconcile().await;
+                        // An `endpoint.destroyed` may be among the missed:
+                        // every call checks its endpoint.
+                        tracing::warn!(missed = n, "dataplane events lagged; calls check their endpoints");
+                        for live in self.calls.values() {
+                            let _ = live.tx.send(CallInput::DataplaneBack);
                         }
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => {
@@ -354,8 +396,8 @@ impl Dispatcher {
                         for live in self.calls.values() {
                             let _ = live.tx.send(CallInput::DataplaneBack);
                         }
-                        if ari_up {
-                            self.reconcile().await;
+                        if ari_up && !self.reconcile().await {
+                            retry_at = Some(tokio::time::Instant::now() + retry_delay);
                         }
                     }
                 },
@@ -497,7 +539,8 @@ impl Dispatcher {
     async fn on_request(&mut self, req: Request) {
         match req {
             Request::Calls(tx) => {
-                let mut out = Vec::with_capacity(self.calls.len());
+                // Asked of every call task and gathered apart, with one
+                // deadline: the dispatcher goes on routing events meanwhile.
                 let mut waits = Vec::with_capacity(self.calls.len());
                 for live in self.calls.values() {
                     let (stx, srx) = oneshot::channel();
@@ -505,13 +548,17 @@ impl Dispatcher {
                         waits.push(srx);
                     }
                 }
-                for w in waits {
-                    if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(1), w).await {
-                        out.push(s);
+                tokio::spawn(async move {
+                    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+                    let mut out = Vec::with_capacity(waits.len());
+                    for w in waits {
+                        if let Ok(Ok(s)) = tokio::time::timeout_at(deadline, w).await {
+                            out.push(s);
+                        }
                     }
-                }
-                out.sort_by(|a, b| a.session.cmp(&b.session));
-                let _ = tx.send(out);
+                    out.sort_by(|a, b| a.session.cmp(&b.session));
+                    let _ = tx.send(out);
+                });
             }
             Request::Hangup(session, tx) => match self.calls.get(session.as_str()) {
                 Some(live) => {
@@ -534,15 +581,25 @@ impl Dispatcher {
         }
     }
 
-    async fn reconcile(&mut self) {
+    /// Reconciles; false if it could not (the caller retries).
+    async fn reconcile(&mut self) -> bool {
         match reconcile::plan(&self.ctx, |id| self.calls.contains_key(id)).await {
             Ok(plan) => {
-                for id in plan.gone {
-                    if let Some(live) = self.calls.get(&id) {
-                        let _ = live.tx.send(CallInput::Gone(
-                            "the caller hung up while ARI was away".into(),
-                        ));
-                    }
+                let gone: std::collections::HashSet<&str> =
+                    plan.gone.iter().map(String::as_str).collect();
+                for (id, live) in &self.calls {
+                    let input = if gone.contains(id.as_str()) {
+                        CallInput::Gone("the caller hung up while ARI was away".into())
+                    } else if let Some(listed_at) = plan.listed_at {
+                        CallInput::Check {
+                            channels: plan.channels.clone(),
+                            bridges: plan.bridges.clone(),
+                            listed_at,
+                        }
+                    } else {
+                        continue;
+                    };
+                    let _ = live.tx.send(input);
                 }
                 for a in plan.adopt {
                     self.adopt(a);
@@ -550,8 +607,12 @@ impl Dispatcher {
                 for start in plan.discovered {
                     self.start_call(start);
                 }
+                true
             }
-            Err(e) => tracing::warn!(error = %e, "reconciliation failed; next reconnect retries"),
+            Err(e) => {
+                tracing::warn!(error = %e, "reconciliation failed; retrying");
+                false
+            }
         }
     }
 }

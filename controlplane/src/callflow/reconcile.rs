@@ -20,6 +20,7 @@
 //! create`) are left alone.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use mediagw_shared::control::{EndpointDestroy, EndpointList, EndpointSummary};
 use mediagw_shared::ids::EndpointId;
@@ -28,6 +29,7 @@ use super::call::Adopt;
 use super::{Context, bridge_id, bridge_session, media_channel_session, now_ms};
 use crate::ari::model::{AriTimestamp, ChannelState, EventCommon, StasisStart};
 use crate::ari::{BridgeId, Channel, ChannelId};
+use crate::demo::DEMO_KEY;
 use crate::error::{ErrorKind, Result};
 use crate::metrics::Recovery;
 use crate::session::recovery::{self, Observed, Verdict};
@@ -42,6 +44,14 @@ pub(crate) struct Plan {
     pub adopt: Vec<Adopt>,
     /// Channels in our application with no session: new calls.
     pub discovered: Vec<StasisStart>,
+    /// The channels and bridges that exist now, for calls with a task to
+    /// check theirs (lost while ARI was away).
+    pub channels: Arc<HashSet<String>>,
+    /// See `channels`.
+    pub bridges: Arc<HashSet<String>>,
+    /// When the lists were asked for: what a call created later is not in
+    /// them and must not be taken for lost.
+    pub listed_at: Option<tokio::time::Instant>,
 }
 
 /// Looks at the store, Asterisk and the dataplane; cleans up what is dead
@@ -50,6 +60,7 @@ pub(crate) struct Plan {
 /// them out and adds what only our ids can tell (leftover externalMedia
 /// channels and bridges, channels in the application without a session).
 pub(crate) async fn plan(ctx: &Context, has_call: impl Fn(&str) -> bool) -> Result<Plan> {
+    let listed_at = tokio::time::Instant::now();
     let (channels, bridges) = tokio::try_join!(ctx.ari.channels(), ctx.ari.bridges())?;
     let endpoints: Option<Vec<EndpointSummary>> =
         match ctx.dataplane.call(EndpointList { tenant: None }).await {
@@ -64,14 +75,34 @@ pub(crate) async fn plan(ctx: &Context, has_call: impl Fn(&str) -> bool) -> Resu
         .list_host(ctx.host())
         .await?
         .into_iter()
-        .filter(Session::is_live)
+        // Demo calls have no Asterisk channel: the demo owns them.
+        .filter(|s| s.is_live() && s.metadata().get(DEMO_KEY).is_none())
         .collect();
+    let mut plan = Plan {
+        channels: Arc::new(channels.iter().map(|c| c.id.as_str().to_owned()).collect()),
+        bridges: Arc::new(bridges.iter().map(|b| b.id.as_str().to_owned()).collect()),
+        listed_at: Some(listed_at),
+        ..Plan::default()
+    };
     let channels: HashMap<&str, &Channel> = channels.iter().map(|c| (c.id.as_str(), c)).collect();
     let bridges: HashSet<&str> = bridges.iter().map(|b| b.id.as_str()).collect();
+    // Endpoint ids start over when the dataplane restarts: an endpoint is
+    // the one a session stored only if it carries that session's name.
+    let claimed: HashMap<EndpointId, &Session> = sessions
+        .iter()
+        .filter_map(|s| s.endpoint.map(|e| (e, s)))
+        .collect();
     let observed = Observed {
-        endpoints: endpoints
-            .as_ref()
-            .map(|l| l.iter().map(|e| e.endpoint).collect()),
+        endpoints: endpoints.as_ref().map(|l| {
+            l.iter()
+                .filter(|e| {
+                    claimed
+                        .get(&e.endpoint)
+                        .is_none_or(|s| s.id == e.session && s.tenant == e.tenant)
+                })
+                .map(|e| e.endpoint)
+                .collect()
+        }),
         channels: [(
             ctx.ari.active_server().to_owned(),
             channels.keys().map(|c| (*c).to_owned()).collect(),
@@ -80,7 +111,6 @@ pub(crate) async fn plan(ctx: &Context, has_call: impl Fn(&str) -> bool) -> Resu
         .collect(),
     };
     let decisions = recovery::plan(&sessions, &observed);
-    let mut plan = Plan::default();
     let live: HashSet<String> = sessions.iter().map(|s| s.id.as_str().to_owned()).collect();
 
     for (mut s, d) in sessions.into_iter().zip(decisions.decisions) {

@@ -78,13 +78,14 @@ pub fn free_port() -> u16 {
 
 /// Each world its own RTP port ranges, below Linux's ephemeral ports
 /// (32768 and up), where other sockets of the machine cannot take them:
-/// the dataplane's (500 ports) and the double's UnicastRTP ports (400).
+/// the dataplane's (800 ports) and the double's UnicastRTP ports (1,000:
+/// 500 even ones, for 200 calls and their re-attachments).
 fn port_ranges() -> ((u16, u16), (u16, u16)) {
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    let k = NEXT.fetch_add(1, Ordering::SeqCst) % 20;
-    let dp = 22_000 + k * 500;
-    let double = 12_000 + k * 400;
-    ((dp, dp + 499), (double, double + 399))
+    let k = NEXT.fetch_add(1, Ordering::SeqCst) % 12;
+    let dp = 22_000 + k * 800;
+    let double = 10_000 + k * 1_000;
+    ((dp, dp + 799), (double, double + 999))
 }
 
 /// A child process with its logs in the test's directory.
@@ -429,7 +430,11 @@ media_wait_ms = 15000
                 let log = self.controlplane.log();
                 let warnings: Vec<&str> = log
                     .lines()
-                    .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+                    .filter(|l| {
+                        ["WARN", "ERROR", "connected", "reconcil"]
+                            .iter()
+                            .any(|k| l.contains(k))
+                    })
                     .take(40)
                     .collect();
                 panic!(
