@@ -133,8 +133,10 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 async fn main() {
     let a = args();
     let dir = tempfile::tempdir().expect("temp dir");
+    // Both port ranges below the ephemeral ports (32768 and up).
     let double = AsteriskDouble::start(DoubleConfig {
         rtp_capture: Duration::ZERO,
+        rtp_ports: Some(10_000..=19_999),
         ..DoubleConfig::default()
     })
     .await
@@ -149,7 +151,7 @@ async fn main() {
         .env("MEDIAGW_DP_DATAPLANE__METRICS_ADDR", "")
         .env("MEDIAGW_DP_DATAPLANE__WORKERS", "1")
         .env("MEDIAGW_DP_DATAPLANE__PIN_WORKERS", "false")
-        .env("MEDIAGW_DP_PORTS__DEFAULT", "50000-59999")
+        .env("MEDIAGW_DP_PORTS__DEFAULT", "20000-29999")
         .env("MEDIAGW_DP_PORTS__QUARANTINE_MS", "0")
         .env("MEDIAGW_LOG", "warn")
         .stdout(Stdio::null())
