@@ -260,3 +260,39 @@ async fn rtp_ports_from_the_configured_range() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_hung_up_channel_frees_its_rtp_port() {
+    // Two even ports: the third channel only gets one if a hangup freed it.
+    let cfg = mediagw_testkit::asterisk::DoubleConfig {
+        rtp_ports: Some(31100..=31103),
+        ..Default::default()
+    };
+    let d = double_with(cfg).await;
+    let ari = Ari::new(&d);
+    let _events = Events::connect(&d, APP).await;
+    for round in 0..5 {
+        let (s, v) = ari
+            .json(
+                "POST",
+                "/channels/externalMedia",
+                &[
+                    ("app", APP),
+                    ("external_host", "127.0.0.1:9"),
+                    ("format", "ulaw"),
+                ],
+            )
+            .await;
+        assert_eq!(s, 200, "round {round}: {v}");
+        let id = v["id"].as_str().expect("id").to_owned();
+        let (s, _) = ari.call("DELETE", &format!("/channels/{id}"), &[]).await;
+        assert_eq!(s, 204);
+        // The accounting stays readable after the channel is gone.
+        assert!(
+            d.rtp_stream(&mediagw_testkit::asterisk::ChannelId::new(id.as_str()))
+                .is_some()
+        );
+        // The socket closes when its receive task has ended.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

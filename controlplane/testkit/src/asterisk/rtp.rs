@@ -549,8 +549,10 @@ pub(crate) struct RtpHub {
 
 struct HubInner {
     open: HashMap<ChannelId, Arc<Stream>>,
-    /// Streams of channels that are gone, kept for the test to read.
-    closed: HashMap<ChannelId, Arc<Stream>>,
+    /// Accounting of the streams of channels that are gone, kept for the
+    /// test to read; their sockets are closed (the port is free again, as
+    /// in Asterisk).
+    closed: HashMap<ChannelId, RtpStreamStats>,
     tones: HashMap<(MediaFormat, u32), ToneGenerator>,
     port_cursor: u32,
 }
@@ -725,7 +727,7 @@ impl RtpHub {
         let mut inner = lock(&self.streams);
         if let Some(stream) = inner.open.remove(channel_id) {
             stream.recv_cancel.cancel();
-            inner.closed.insert(channel_id.clone(), stream);
+            inner.closed.insert(channel_id.clone(), stream.snapshot());
         }
     }
 
@@ -740,11 +742,10 @@ impl RtpHub {
     /// Accounting of the channel's stream, open or closed.
     pub(crate) fn snapshot(&self, channel_id: &ChannelId) -> Option<RtpStreamStats> {
         let inner = lock(&self.streams);
-        inner
-            .open
-            .get(channel_id)
-            .or_else(|| inner.closed.get(channel_id))
-            .map(|s| s.snapshot())
+        match inner.open.get(channel_id) {
+            Some(s) => Some(s.snapshot()),
+            None => inner.closed.get(channel_id).cloned(),
+        }
     }
 
     /// Streams currently sending.
